@@ -1,0 +1,183 @@
+"""Trace-time validation shared by every public function.
+
+Everything here looks only at static information (shapes, dtypes, Python
+values), so it runs once per trace and never forces a device-to-host copy.
+Every message starts with the public function's name, names the argument and
+repeats the value that was received.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def promote_float_dtypes(*dtypes: Any) -> np.dtype:
+    """The floating dtype JAX's standard lattice gives for ``dtypes``.
+
+    Spelled out with the standard rules so that it also works when a caller
+    runs with ``jax_numpy_dtype_promotion='strict'``.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return np.dtype(jnp.result_type(*dtypes))
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """float32 for half-precision inputs (accumulate wide), the dtype otherwise."""
+    dtype = np.dtype(dtype)
+    return np.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
+def as_array(fn: str, name: str, x: Any) -> jax.Array:
+    """Accepts JAX and NumPy arrays (and scalars of those); rejects lists and others."""
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        return jnp.asarray(x)
+    if isinstance(x, jax.core.Tracer):  # pragma: no cover - tracers are jax.Array
+        return x
+    raise TypeError(
+        f"{fn}: `{name}` must be a JAX or NumPy array, got {type(x).__name__} {x!r:.80}"
+    )
+
+
+def check_floating(fn: str, name: str, x: jax.Array) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: `{name}` must have a floating dtype, got {_dtype_name(x.dtype)} "
+            f"(shape {tuple(x.shape)}); cast it, e.g. `{name}.astype(jnp.float32)`"
+        )
+
+
+def normalize_axis(fn: str, axis: Any, ndim: int, shape: tuple) -> int:
+    """An int axis in ``[-ndim, ndim)``, returned non-negative."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{fn}: `axis` must be an int, got {type(axis).__name__} {axis!r}")
+    axis = int(axis)
+    if ndim == 0:
+        raise ValueError(
+            f"{fn}: expected an input with 1 or more dimensions (the class axis), got a 0-d "
+            f"array with shape {shape}"
+        )
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{fn}: `axis`={axis} is out of range for an input with shape {shape} "
+            f"(ndim {ndim}); expected an axis in [{-ndim}, {ndim - 1}]"
+        )
+    return axis % ndim
+
+
+def normalize_axes(fn: str, axis: Any, ndim: int, shape: tuple) -> tuple[int, ...]:
+    """Like :func:`normalize_axis`, also accepting a tuple of distinct ints."""
+    if isinstance(axis, tuple):
+        axes = tuple(normalize_axis(fn, a, ndim, shape) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"{fn}: `axis`={axis} repeats an axis (input shape {shape})")
+        return axes
+    return (normalize_axis(fn, axis, ndim, shape),)
+
+
+def check_reduction(fn: str, reduction: Any) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{fn}: `reduction`={reduction!r} is not a valid reduction; "
+            f"expected one of {', '.join(repr(r) for r in REDUCTIONS)}"
+        )
+    return reduction
+
+
+def check_ignore_index(fn: str, ignore_index: Any) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(
+            f"{fn}: `ignore_index` must be a Python int, got "
+            f"{type(ignore_index).__name__} {ignore_index!r}"
+        )
+    return int(ignore_index)
+
+
+def check_label_smoothing(fn: str, label_smoothing: Any) -> float | jax.Array:
+    """A Python number in [0, 1] (returned as float), or a 0-d floating array (as is)."""
+    if _is_array(label_smoothing) or isinstance(label_smoothing, jax.core.Tracer):
+        ls = jnp.asarray(label_smoothing)
+        if ls.ndim != 0 or not jnp.issubdtype(ls.dtype, jnp.floating):
+            raise TypeError(
+                f"{fn}: `label_smoothing` given as an array must be a 0-d floating scalar, "
+                f"got dtype {_dtype_name(ls.dtype)} with shape {tuple(ls.shape)}"
+            )
+        if not isinstance(ls, jax.core.Tracer):
+            value = float(ls)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}"
+                )
+        return ls
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(
+            f"{fn}: `label_smoothing` must be a float in [0, 1] or a 0-d array, got "
+            f"{type(label_smoothing).__name__} {label_smoothing!r}"
+        )
+    value = float(label_smoothing)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}")
+    return value
+
+
+def check_weight(fn: str, weight: Any, num_classes: int) -> jax.Array | None:
+    if weight is None:
+        return None
+    weight = as_array(fn, "weight", weight)
+    check_floating(fn, "weight", weight)
+    if weight.ndim != 1 or weight.shape[0] != num_classes:
+        raise ValueError(
+            f"{fn}: `weight` must be a 1-D array with one entry per class ({num_classes}), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    return weight
+
+
+def reduced_shape(shape: tuple, axis: int) -> tuple:
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def check_class_target(
+    fn: str, logits_name: str, logits: jax.Array, target: jax.Array, axis: int
+) -> jax.Array:
+    """Validates an integer class-index target; returns it shaped like the logits without
+    the class axis (a ``(1,)`` target for 1-D logits becomes 0-d, as in torch)."""
+    if target.dtype == jnp.bool_ or not jnp.issubdtype(target.dtype, jnp.integer):
+        raise TypeError(
+            f"{fn}: class-index `target` must have an integer dtype, got "
+            f"{_dtype_name(target.dtype)} with shape {tuple(target.shape)}"
+        )
+    shape, expected = tuple(logits.shape), reduced_shape(tuple(logits.shape), axis)
+    tshape = tuple(target.shape)
+    if tshape == expected:
+        return target
+    if logits.ndim == 1 and tshape == (1,) and shape != (1,):
+        return target.reshape(())
+    if tshape == shape:
+        hint = (
+            "an integer target with the logits' shape is not a class-index target; for "
+            "class probabilities pass a floating target"
+        )
+    elif target.ndim == logits.ndim and tshape[axis] == 1:
+        hint = "multi-target (a class axis of size 1 in the target) is not supported; squeeze it"
+    else:
+        hint = "the target must have the logits' shape with the class axis removed"
+    raise ValueError(
+        f"{fn}: `target` shape {tshape} does not match `{logits_name}` shape {shape} with "
+        f"class axis {axis}: expected target shape {expected}; {hint}"
+    )

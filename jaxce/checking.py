@@ -1,0 +1,102 @@
+"""The opt-in checked path: out-of-range targets raise instead of giving NaN.
+
+By default a non-ignored target outside ``[0, C)`` makes that position's loss
+NaN, because a value cannot raise from inside ``jit``. :func:`checked` wraps any
+function that calls jaxce losses so that such a target raises an error naming
+the bad value and its position. It uses :mod:`jax.experimental.checkify`, so
+the wrapped function is still jitted and the check runs on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+__all__ = ["checked", "check_targets"]
+
+_ENABLED = contextvars.ContextVar("jaxce_check_targets", default=False)
+
+
+def enabled() -> bool:
+    """Whether losses traced now should emit target-range checks."""
+    return _ENABLED.get()
+
+
+@contextlib.contextmanager
+def _enable():
+    token = _ENABLED.set(True)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def check_targets(
+    target: jax.Array, num_classes: int, *, ignore_index: int = -100, fn: str = "check_targets"
+) -> None:
+    """Asserts (through :func:`checkify.check`) that every non-ignored target is a class.
+
+    Call it inside a function transformed by :func:`jax.experimental.checkify.checkify`
+    (or by :func:`checked`, which does that for you).
+
+    Args:
+      target: integer array of class indices, any shape.
+      num_classes: the number of classes ``C``.
+      ignore_index: the target value that marks positions to skip.
+      fn: the name used at the start of the error message.
+    """
+    t = jnp.ravel(target).astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    position = jnp.argmax(bad)
+    checkify.check(
+        ~jnp.any(bad),
+        f"{fn}: target value {{value}} at flattened position {{position}} is out of range "
+        f"for {num_classes} classes (valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
+        value=jnp.take(t, position, mode="clip"),
+        position=position,
+    )
+
+
+def checked(fn: Callable) -> Callable:
+    """Returns a jitted version of ``fn`` that raises on out-of-range targets.
+
+    ``fn`` is any function that calls jaxce losses (or a loss itself). Every
+    ``nll_loss`` / ``cross_entropy`` traced inside it checks its class-index
+    targets; a bad one raises :class:`jax.experimental.checkify.JaxRuntimeError`
+    (a ``ValueError``) naming the value and its position. Keyword arguments
+    that are arrays are traced; all other keyword arguments must be hashable
+    (they are static, as the options of the losses are).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxce
+      >>> safe_ce = jaxce.checked(jaxce.cross_entropy)
+      >>> safe_ce(jnp.zeros((2, 3)), jnp.array([0, 7]))
+      Traceback (most recent call last):
+      ...
+      jax._src.checkify.JaxRuntimeError: cross_entropy: target value 7 at flattened position 1 ...
+    """
+
+    def traced(args, array_kwargs, static_kwargs):
+        with _enable():
+            return fn(*args, **array_kwargs, **dict(static_kwargs))
+
+    checkified = jax.jit(
+        checkify.checkify(traced, errors=checkify.user_checks), static_argnums=(2,)
+    )
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arrays = {k: v for k, v in kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
+        static = tuple(sorted((k, v) for k, v in kwargs.items() if k not in arrays))
+        err, out = checkified(args, arrays, static)
+        err.throw()
+        return out
+
+    return wrapper
