@@ -120,9 +120,7 @@ def check_label_smoothing(fn: str, label_smoothing: Any) -> float | jax.Array:
         if not isinstance(ls, jax.core.Tracer):
             value = float(ls)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}"
-                )
+                raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}")
         return ls
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(
@@ -132,6 +130,31 @@ def check_label_smoothing(fn: str, label_smoothing: Any) -> float | jax.Array:
     value = float(label_smoothing)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}")
+    return value
+
+
+def _finite_float(fn: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{fn}: `{name}` must be a Python float, got {type(value).__name__} {value!r}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: `{name}` must be finite, got {value!r}")
+    return value
+
+
+def check_nonnegative(fn: str, name: str, value: Any) -> float:
+    value = _finite_float(fn, name, value)
+    if value < 0:
+        raise ValueError(f"{fn}: `{name}` must be >= 0, got {value!r}")
+    return value
+
+
+def check_positive(fn: str, name: str, value: Any) -> float:
+    value = _finite_float(fn, name, value)
+    if value <= 0:
+        raise ValueError(f"{fn}: `{name}` must be > 0 (or None to disable), got {value!r}")
     return value
 
 

@@ -26,7 +26,9 @@ def _frozen_weight(name: str, weight: Any) -> np.ndarray | None:
     array = np.array(_checks.as_array(name, "weight", weight))  # a private copy
     _checks.check_floating(name, "weight", array)
     if array.ndim != 1:
-        raise ValueError(f"{name}: `weight` must be 1-D (one entry per class), got shape {array.shape}")
+        raise ValueError(
+            f"{name}: `weight` must be 1-D (one entry per class), got shape {array.shape}"
+        )
     array.flags.writeable = False
     return array
 
@@ -49,6 +51,9 @@ class _Criterion:
             options["label_smoothing"] = float(
                 _checks.check_label_smoothing(fn, options["label_smoothing"])
             )
+            options["z_loss"] = _checks.check_nonnegative(fn, "z_loss", options["z_loss"])
+            if options["softcap"] is not None:
+                options["softcap"] = _checks.check_positive(fn, "softcap", options["softcap"])
         object.__setattr__(self, "_options", options)
 
     def __setattr__(self, name, value):
@@ -119,7 +124,15 @@ class CrossEntropyLoss(_Criterion):
     _name = "CrossEntropyLoss"
 
     def __init__(
-        self, *, axis=-1, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
+        self,
+        *,
+        axis=-1,
+        weight=None,
+        ignore_index=-100,
+        reduction="mean",
+        label_smoothing=0.0,
+        z_loss=0.0,
+        softcap=None,
     ):
         super().__init__(
             axis=axis,
@@ -127,6 +140,8 @@ class CrossEntropyLoss(_Criterion):
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
         )
 
     def __call__(self, logits, target):

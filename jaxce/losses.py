@@ -1,37 +1,24 @@
 """``nll_loss`` and ``cross_entropy``, with the numbers and gradients of PyTorch.
 
-The per-position rule (class weights, ``ignore_index``, label smoothing,
-out-of-range targets) is written once, in :func:`class_index_terms` and
-:func:`probability_terms`; the reductions and their denominators once, in
-:func:`reduce_class_index` and :func:`reduce_probability`. Every public entry
-point goes through them.
+The per-position rule lives in :mod:`jaxce.rule`; this module validates the
+arguments (at trace time), reduces each row of logits to the rule's statistics
+inside a ``custom_jvp`` kernel, and applies torch's reductions and denominators.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
-from jaxce import _checks, checking, softmax
+from jaxce import _checks, checking, rule, softmax
 
 __all__ = ["nll_loss", "cross_entropy"]
-
-
-class ClassIndexTerms(NamedTuple):
-    """Per-position pieces of the class-index loss, each of the target's shape.
-
-    ``nll``: ``-w[t]·lp[t]`` (0 where ignored, NaN where the target is not a class).
-    ``smooth``: ``-Σ_c w[c]·lp[c]`` (0 where ignored), or None without smoothing.
-    ``denom``: ``w[t]`` (1 without weights), 0 where ignored.
-    """
-
-    nll: jax.Array
-    smooth: jax.Array | None
-    denom: jax.Array
 
 
 def _int_bounds(dtype) -> tuple[int, int]:
@@ -40,10 +27,12 @@ def _int_bounds(dtype) -> tuple[int, int]:
 
 
 def target_masks(target: jax.Array, num_classes: int, ignore_index: int):
-    """``(valid, in_range)``: not ignored, and a real class ``0 <= t < C``.
+    """``(safe_target, valid, bad)`` for integer class-index targets.
 
-    Comparisons are done in the target's own dtype, so no value is wrapped by
-    a cast (``2**40`` never becomes a small class).
+    ``valid``: not ignored; ``bad``: not ignored and outside ``[0, C)``;
+    ``safe_target``: int32, the target where it is a valid class and 0 elsewhere.
+    Comparisons are done in the target's own dtype, so no value is wrapped by a
+    cast (``-1`` never becomes the last class, ``2**40`` never a small one).
     """
     lo, hi = _int_bounds(target.dtype)
     if lo <= ignore_index <= hi:
@@ -55,44 +44,9 @@ def target_masks(target: jax.Array, num_classes: int, ignore_index: int):
         in_range = target >= jnp.asarray(0, target.dtype)
     if num_classes <= hi:
         in_range = in_range & (target < jnp.asarray(num_classes, target.dtype))
-    return valid, in_range
-
-
-def class_index_terms(
-    log_probs: jax.Array,
-    target: jax.Array,
-    weight: jax.Array | None,
-    *,
-    axis: int,
-    ignore_index: int,
-    smoothing: bool,
-    valid: jax.Array,
-    in_range: jax.Array,
-) -> ClassIndexTerms:
-    """The per-position rule for class-index targets (torch's nll and label smoothing).
-
-    ``log_probs`` and ``weight`` are in the compute dtype; ``target`` has
-    ``log_probs``' shape without ``axis``.
-    """
-    dtype = log_probs.dtype
-    safe_t = jnp.where(valid & in_range, target, jnp.zeros_like(target)).astype(jnp.int32)
-    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(safe_t, axis), axis=axis)
-    picked = jnp.squeeze(picked, axis)
-    zero = jnp.zeros((), dtype)
-    if weight is None:
-        nll = -picked
-        denom = valid.astype(dtype)
-    else:
-        w_t = jnp.take(weight, safe_t)
-        nll = -w_t * picked
-        denom = jnp.where(valid, w_t, zero)
-    nll = jnp.where(valid, nll, zero)
-    nll = jnp.where(valid & ~in_range, jnp.full((), jnp.nan, dtype), nll)
-    smooth = None
-    if smoothing:
-        wlp = log_probs if weight is None else log_probs * _along(weight, axis, log_probs.ndim)
-        smooth = jnp.where(valid, -jnp.sum(wlp, axis=axis), zero)
-    return ClassIndexTerms(nll, smooth, denom)
+    ok = valid & in_range
+    safe = jnp.where(ok, target, jnp.zeros_like(target)).astype(jnp.int32)
+    return safe, valid, valid & ~in_range
 
 
 def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
@@ -102,54 +56,176 @@ def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
     return v.reshape(shape)
 
 
-def _combine(nll, smooth, eps, num_classes):
-    """torch's ``(1-ε)·nll + smooth·(ε/C)``; a traced ε of 0 gives plain nll."""
-    combined = (1 - eps) * nll + smooth * (eps / num_classes)
-    if isinstance(eps, float):
-        return combined
-    return jnp.where(eps > 0, combined, nll)
+def _is_zero(tangent) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
 
 
-def reduce_class_index(terms: ClassIndexTerms, reduction: str, eps, num_classes: int):
-    """Reductions with torch's denominators: ``mean`` divides by ``Σ w[t]`` over valid positions."""
-    nll, smooth, denom = terms
-    if reduction == "none":
-        return nll if smooth is None else _combine(nll, smooth, eps, num_classes)
-    if reduction == "sum":
-        total = jnp.sum(nll)
-        return total if smooth is None else _combine(total, jnp.sum(smooth), eps, num_classes)
-    d = jnp.sum(denom)
-    mean = jnp.sum(nll) / d
-    return mean if smooth is None else _combine(mean, jnp.sum(smooth) / d, eps, num_classes)
+def _stats(x, axis, cdt):
+    """``shifted = x - m`` and ``log_s`` (keepdims), computed in ``x``'s dtype, then cast."""
+    shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None)
+    log_s = jnp.log(s)
+    lse = jnp.squeeze(m + log_s, axis).astype(cdt)
+    return shifted.astype(cdt), log_s.astype(cdt), lse
 
 
-def probability_terms(log_probs, probs, weight, *, axis: int, eps, num_classes: int):
-    """``lp·q'·w`` per class, ``q' = (1-ε)·q + ε/C``; the loss is minus its sum."""
-    if isinstance(eps, float):
-        if eps > 0:
-            probs = probs * (1 - eps) + eps / num_classes
-    else:
-        probs = jnp.where(eps > 0, probs * (1 - eps) + eps / num_classes, probs)
-    prod = log_probs * probs
-    if weight is not None:
-        prod = prod * _along(weight, axis, prod.ndim)
-    return prod
+@functools.cache
+def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype):
+    """Per-position class-index loss ``f(x, t, valid, bad, w, eps)`` with a custom JVP.
+
+    The JVP is ``Σ_c g_c·dx_c`` with ``g = a·p - b·onehot - k·w`` (:mod:`jaxce.rule`),
+    so reverse mode needs only ``x`` and the per-row ``log_s``: the gradient is
+    one fused elementwise pass, and no ``[N, C]`` softmax is kept alive.
+    Being a JVP (not a VJP), forward mode and higher orders work too.
+    """
+
+    def primal(x, t, valid, bad, w, eps):
+        num_classes = x.shape[axis]
+        shifted, log_s_k, lse = _stats(x, axis, cdt)
+        log_s = jnp.squeeze(log_s_k, axis)
+        t_k = jnp.expand_dims(t, axis)
+        shifted_t = jnp.squeeze(jnp.take_along_axis(shifted, t_k, axis=axis), axis)
+        w_t = None if w is None else jnp.take(w, t)
+        wsh, total_weight = None, num_classes
+        if smoothing:
+            weighted = shifted if w is None else shifted * _along(w, axis, x.ndim)
+            wsh = jnp.sum(weighted, axis=axis)
+            total_weight = num_classes if w is None else jnp.sum(w)
+        loss = rule.class_index_loss(
+            shifted_t=shifted_t,
+            log_s=log_s,
+            lse=lse,
+            wsh=wsh,
+            w_t=w_t,
+            total_weight=total_weight,
+            eps=eps,
+            num_classes=num_classes,
+            z_loss=z_loss,
+        )
+        res = (shifted, log_s_k, log_s, lse, shifted_t, wsh, w_t, total_weight)
+        return rule.finalize(loss, valid, bad), res
+
+    @jax.custom_jvp
+    def kernel(x, t, valid, bad, w, eps):
+        return primal(x, t, valid, bad, w, eps)[0]
+
+    def jvp(primals, tangents):
+        x, t, valid, bad, w, eps = primals
+        dx, _, _, _, dw, deps = tangents
+        num_classes = x.shape[axis]
+        loss, (shifted, log_s_k, log_s, lse, shifted_t, wsh, w_t, total_weight) = primal(*primals)
+        ok = valid & ~bad
+        zero = jnp.zeros((), cdt)
+        dloss = jnp.zeros_like(loss)
+        t_k = jnp.expand_dims(t, axis)
+        if not _is_zero(dx):
+            co = rule.class_index_coefficients(
+                lse=lse,
+                w_t=w_t,
+                total_weight=total_weight,
+                eps=eps,
+                num_classes=num_classes,
+                z_loss=z_loss,
+                smoothing=smoothing,
+            )
+            p = jnp.exp(shifted - log_s_k)
+            onehot = lax.broadcasted_iota(jnp.int32, shifted.shape, axis) == t_k
+            g = jnp.expand_dims(co.a, axis) * p - jnp.where(
+                onehot, jnp.expand_dims(co.b, axis), zero
+            )
+            if smoothing:
+                g = g - co.k * (1 if w is None else _along(w, axis, x.ndim))
+            dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
+        if w is not None and not _is_zero(dw):
+            dw_t = jnp.take(dw, t)
+            d = rule.weighted_nll(shifted_t - log_s, dw_t)
+            if smoothing:
+                dwsh = jnp.sum(shifted * _along(dw, axis, x.ndim), axis=axis)
+                dsmooth = rule.smoothing_term(log_s, dwsh, jnp.sum(dw))
+                d = rule.combine_smoothing(d, dsmooth, eps, num_classes)
+            if z_loss:
+                d = d + dw_t * (z_loss * jnp.square(lse))
+            dloss = dloss + d
+        if smoothing and not isinstance(eps, float) and not _is_zero(deps):
+            nll = rule.weighted_nll(shifted_t - log_s, w_t)
+            smooth = rule.smoothing_term(log_s, wsh, total_weight)
+            d = jnp.where(eps > 0, smooth / num_classes - nll, zero)
+            dloss = dloss + d * deps
+        return loss, jnp.where(ok, dloss, zero)
+
+    kernel.defjvp(jvp, symbolic_zeros=True)
+    return kernel
 
 
-def reduce_probability(prod, reduction: str, axis: int, num_classes: int):
-    """torch's probability-target reductions: ``mean`` divides by the number of positions."""
-    if reduction == "none":
-        return -jnp.sum(prod, axis=axis)
-    total = -jnp.sum(prod)
-    if reduction == "sum":
-        return total
-    positions = prod.size // num_classes if num_classes else 0
-    return total / positions if positions else jnp.full((), jnp.nan, prod.dtype)
+@functools.cache
+def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
+    """Per-position probability-target loss ``f(x, q, w, eps) = -Σ_c w_c·q'_c·lp_c``.
+
+    Written as ``log_s·Σ_c w_c q'_c - Σ_c w_c q'_c (x_c - m)``; the JVP in ``x`` is
+    ``Σ_c (Q·p_c - w_c q'_c)·dx_c`` with ``Q = Σ_c w_c q'_c``; ``q``, ``w`` and a
+    traced ``ε`` are differentiable too.
+    """
+
+    def primal(x, q, w, eps):
+        num_classes = x.shape[axis]
+        shifted, log_s_k, lse = _stats(x, axis, cdt)
+        qs = rule.smooth_probabilities(q, eps, num_classes)
+        wq = qs if w is None else qs * _along(w, axis, x.ndim)
+        total = jnp.sum(wq, axis=axis)
+        loss = jnp.squeeze(log_s_k, axis) * total - jnp.sum(wq * shifted, axis=axis)
+        if z_loss:
+            loss = loss + z_loss * jnp.square(lse)
+        return loss, (shifted, log_s_k, lse, qs, wq, total)
+
+    @jax.custom_jvp
+    def kernel(x, q, w, eps):
+        return primal(x, q, w, eps)[0]
+
+    def jvp(primals, tangents):
+        x, q, w, eps = primals
+        dx, dq, dw, deps = tangents
+        num_classes = x.shape[axis]
+        loss, (shifted, log_s_k, lse, qs, wq, total) = primal(*primals)
+        dloss = jnp.zeros_like(loss)
+        if not _is_zero(dx):
+            p = jnp.exp(shifted - log_s_k)
+            a = total + 2 * z_loss * lse if z_loss else total
+            g = jnp.expand_dims(a, axis) * p - wq
+            dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
+        # d(w·q') from each tangent; the loss is linear in w·q' given x.
+        dwq = None
+        w_b = None if w is None else _along(w, axis, x.ndim)
+        if not _is_zero(dq):
+            if isinstance(eps, float):
+                dqs = dq * (1 - eps) if eps > 0 else dq
+            else:
+                dqs = jnp.where(eps > 0, dq * (1 - eps), dq)
+            dwq = dqs if w is None else dqs * w_b
+        if w is not None and not _is_zero(dw):
+            term = qs * _along(dw, axis, x.ndim)
+            dwq = term if dwq is None else dwq + term
+        if not isinstance(eps, float) and not _is_zero(deps):
+            dqs = jnp.where(eps > 0, 1 / num_classes - q, jnp.zeros((), cdt)) * deps
+            term = dqs if w is None else dqs * w_b
+            dwq = term if dwq is None else dwq + term
+        if dwq is not None:
+            log_s = jnp.squeeze(log_s_k, axis)
+            dloss = dloss + log_s * jnp.sum(dwq, axis=axis) - jnp.sum(dwq * shifted, axis=axis)
+        return loss, dloss
+
+    kernel.defjvp(jvp, symbolic_zeros=True)
+    return kernel
 
 
 def _maybe_check(check, target, num_classes, ignore_index, fn):
     if check:
         checking.check_targets(target, num_classes, ignore_index=ignore_index, fn=fn)
+
+
+def _reduce(per_position, denom, reduction: str):
+    if reduction == "none":
+        return per_position
+    total = jnp.sum(per_position)
+    return total if reduction == "sum" else total / jnp.sum(denom)
 
 
 @functools.partial(
@@ -159,18 +235,16 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     num_classes = log_probs.shape[axis]
     _maybe_check(check, target, num_classes, ignore_index, fn)
     cdt = _checks.compute_dtype(out_dtype)
-    valid, in_range = target_masks(target, num_classes, ignore_index)
-    terms = class_index_terms(
-        log_probs.astype(cdt),
-        target,
-        None if weight is None else weight.astype(cdt),
-        axis=axis,
-        ignore_index=ignore_index,
-        smoothing=False,
-        valid=valid,
-        in_range=in_range,
-    )
-    return reduce_class_index(terms, reduction, 0.0, num_classes).astype(out_dtype)
+    t, valid, bad = target_masks(target, num_classes, ignore_index)
+    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(t, axis), axis=axis)
+    picked = jnp.squeeze(picked, axis).astype(cdt)
+    w_t = None if weight is None else jnp.take(weight.astype(cdt), t)
+    nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
+    if reduction == "mean" and weight is None:
+        denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
+    else:
+        denom = rule.denominator(valid, w_t, cdt)
+    return _reduce(nll, denom, reduction).astype(out_dtype)
 
 
 @functools.partial(
@@ -180,6 +254,8 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
         "ignore_index",
         "reduction",
         "static_eps",
+        "z_loss",
+        "softcap",
         "probabilities",
         "check",
         "out_dtype",
@@ -195,6 +271,8 @@ def _cross_entropy_impl(
     ignore_index,
     reduction,
     static_eps,
+    z_loss,
+    softcap,
     probabilities,
     check,
     out_dtype,
@@ -205,29 +283,30 @@ def _cross_entropy_impl(
     x = logits.astype(_checks.compute_dtype(logits.dtype))
     w = None if weight is None else weight.astype(cdt)
     if probabilities:
-        log_probs = softmax.log_softmax_compute(x, (axis,)).astype(cdt)
-        prod = probability_terms(
-            log_probs, target.astype(cdt), w, axis=axis, eps=eps, num_classes=num_classes
-        )
-        return reduce_probability(prod, reduction, axis, num_classes).astype(out_dtype)
+        if softcap is not None:
+            x = softcap * jnp.tanh(x / softcap)
+        kernel = _probability_kernel(axis, z_loss, cdt)
+        per_position = kernel(x, target.astype(cdt), w, eps)
+        if reduction == "sum" and per_position.size == 0:
+            return jnp.full((), -0.0, out_dtype)  # torch negates an empty sum
+        positions = jnp.full((), per_position.size, cdt)
+        return _reduce(per_position, positions, reduction).astype(out_dtype)
 
     _maybe_check(check, target, num_classes, ignore_index, "cross_entropy")
-    valid, in_range = target_masks(target, num_classes, ignore_index)
+    t, valid, bad = target_masks(target, num_classes, ignore_index)
     # "Double where": ignored rows are replaced before the softmax, so their
     # gradient is exactly 0 even when their logits are -inf or NaN.
     x = jnp.where(jnp.expand_dims(valid, axis), x, jnp.zeros((), x.dtype))
-    log_probs = softmax.log_softmax_compute(x, (axis,)).astype(cdt)
-    terms = class_index_terms(
-        log_probs,
-        target,
-        w,
-        axis=axis,
-        ignore_index=ignore_index,
-        smoothing=not (isinstance(eps, float) and eps == 0.0),
-        valid=valid,
-        in_range=in_range,
-    )
-    return reduce_class_index(terms, reduction, eps, num_classes).astype(out_dtype)
+    if softcap is not None:
+        x = softcap * jnp.tanh(x / softcap)
+    smoothing = not (isinstance(eps, float) and eps == 0.0)
+    kernel = _class_index_kernel(axis, smoothing, z_loss, cdt)
+    per_position = kernel(x, t, valid, bad, w, eps)
+    if reduction == "mean" and w is None:
+        denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
+    else:
+        denom = rule.denominator(valid, None if w is None else jnp.take(w, t), cdt)
+    return _reduce(per_position, denom, reduction).astype(out_dtype)
 
 
 def _result_dtype(*arrays) -> np.dtype:
@@ -309,6 +388,8 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: Any = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
@@ -340,6 +421,13 @@ def cross_entropy(
       reduction: ``"none"``, ``"mean"`` or ``"sum"``.
       label_smoothing: ``ε`` in ``[0, 1]``, a Python number (static) or a 0-d
         array (traced, not range-checked).
+      z_loss: ``z ≥ 0``; adds ``z·logsumexp(logits)²`` to each non-ignored
+        position's loss (PaLM's auxiliary loss). With class weights it is scaled by
+        the target's weight ``w_t`` like the nll term, so ``mean`` (which divides by
+        ``Σ w_t``) stays a weighted mean; with probability targets it is unweighted.
+        Not in torch; default off.
+      softcap: ``s > 0`` replaces the logits by ``s·tanh(logits / s)`` first
+        (Gemma 2). Not in torch; default off.
 
     Returns:
       The loss, 0-d unless ``reduction="none"`` (then the positions' shape). The
@@ -367,6 +455,8 @@ def cross_entropy(
     ignore_index = _checks.check_ignore_index(fn, ignore_index)
     reduction = _checks.check_reduction(fn, reduction)
     eps = _checks.check_label_smoothing(fn, label_smoothing)
+    z_loss = _checks.check_nonnegative(fn, "z_loss", z_loss)
+    softcap = None if softcap is None else _checks.check_positive(fn, "softcap", softcap)
     weight = _checks.check_weight(fn, weight, logits.shape[ax])
     probabilities = jnp.issubdtype(target.dtype, jnp.floating)
     if probabilities:
@@ -401,6 +491,8 @@ def cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         static_eps=static_eps,
+        z_loss=z_loss,
+        softcap=softcap,
         probabilities=bool(probabilities),
         check=checking.enabled() and not probabilities,
         out_dtype=out_dtype,

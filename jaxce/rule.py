@@ -1,0 +1,110 @@
+"""The per-position loss rule, written once.
+
+Every path (``nll_loss``, ``cross_entropy``, and later the fused and sharded
+ones) reduces a row of logits to a few per-position statistics and calls the
+functions here, so parity proven once holds everywhere:
+
+* ``m``: the row max (a stop-gradient shift), ``log_s = log Σ_c exp(x_c - m)``,
+  ``lse = m + log_s``;
+* ``shifted_t = x_t - m`` (the target's shifted logit);
+* ``wsh = Σ_c w_c (x_c - m)`` (``Σ_c (x_c - m)`` without weights), needed only for
+  label smoothing. Shifted values keep this sum free of cancellation.
+
+``lp_t = shifted_t - log_s`` is torch's own order of operations, so float32
+results match torch bit for bit on the notebook examples.
+
+Class-index targets, with ``W = Σ_c w_c`` (``C`` without weights), for a
+non-ignored position::
+
+    loss = (1-ε)·(-w_t·lp_t) + (ε/C)·(log_s·W - wsh) + z·w_t·lse²
+    ∂loss/∂x_c = a·p_c - b·[c = t] - k·w_c,   p = softmax(x)
+    a = (1-ε)·w_t + (ε/C)·W + 2·z·w_t·lse,   b = (1-ε)·w_t,   k = ε/C
+
+``(ε/C)·(log_s·W - wsh)`` equals torch's ``-(ε/C)·Σ_c w_c·lp_c``: each class is
+weighted by its own weight in the smoothing term (spec §3.2). The z-loss term is
+weighted by the target's class weight, like the nll term, so ``mean`` stays a
+weighted mean of per-position losses (denominator ``Σ w_t``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Coefficients(NamedTuple):
+    """``∂loss/∂x_c = a·p_c - b·[c = t] - k·w_c`` for one position (``k`` may be 0)."""
+
+    a: jax.Array
+    b: jax.Array
+    k: float | jax.Array
+
+
+def weighted_nll(lp_t: jax.Array, w_t: jax.Array | None) -> jax.Array:
+    """``-w_t·lp_t`` (torch computes ``-x·w``; multiplication commutes exactly)."""
+    return -lp_t if w_t is None else -w_t * lp_t
+
+
+def smoothing_term(log_s, wsh, total_weight):
+    """``-Σ_c w_c·lp_c = log_s·W - Σ_c w_c·(x_c - m)``."""
+    return log_s * total_weight - wsh
+
+
+def combine_smoothing(nll, smooth, eps, num_classes: int):
+    """torch's ``(1-ε)·nll + smooth·(ε/C)``. A traced ε of 0 gives plain ``nll``
+    (torch takes the smoothing path only when ε > 0; ``smooth`` may be inf)."""
+    combined = (1 - eps) * nll + smooth * (eps / num_classes)
+    if isinstance(eps, (int, float)):
+        return combined
+    return jnp.where(eps > 0, combined, nll)
+
+
+def class_index_loss(
+    *, shifted_t, log_s, lse, wsh, w_t, total_weight, eps, num_classes: int, z_loss: float
+):
+    """The loss of one (non-ignored, in-range) position from its statistics."""
+    loss = weighted_nll(shifted_t - log_s, w_t)
+    if wsh is not None:
+        loss = combine_smoothing(loss, smoothing_term(log_s, wsh, total_weight), eps, num_classes)
+    if z_loss:
+        z = z_loss * jnp.square(lse)
+        loss = loss + (z if w_t is None else w_t * z)
+    return loss
+
+
+def class_index_coefficients(
+    *, lse, w_t, total_weight, eps, num_classes: int, z_loss: float, smoothing: bool
+) -> Coefficients:
+    """The gradient of :func:`class_index_loss` with respect to the logits."""
+    wt = jnp.ones_like(lse) if w_t is None else w_t
+    if smoothing:
+        a = (1 - eps) * wt + (eps / num_classes) * total_weight
+        b = (1 - eps) * wt
+        k = eps / num_classes
+    else:
+        a, b, k = wt, wt, 0.0
+    if z_loss:
+        a = a + 2 * z_loss * wt * lse
+    return Coefficients(a, b, k)
+
+
+def finalize(loss, valid, bad):
+    """0 where ignored, NaN where a non-ignored target is not a class."""
+    loss = jnp.where(valid, loss, jnp.zeros((), loss.dtype))
+    return jnp.where(bad, jnp.full((), jnp.nan, loss.dtype), loss)
+
+
+def denominator(valid, w_t, dtype):
+    """Per-position share of torch's ``mean`` denominator: ``w_t``, or 1, where valid."""
+    if w_t is None:
+        return valid.astype(dtype)
+    return jnp.where(valid, w_t, jnp.zeros((), dtype))
+
+
+def smooth_probabilities(probs, eps, num_classes: int):
+    """``q' = (1-ε)·q + ε/C`` (torch's order), or ``q`` when ε is a static 0."""
+    if isinstance(eps, (int, float)):
+        return probs * (1 - eps) + eps / num_classes if eps > 0 else probs
+    return jnp.where(eps > 0, probs * (1 - eps) + eps / num_classes, probs)
