@@ -56,16 +56,48 @@ def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
     return v.reshape(shape)
 
 
+def _onehot(t: jax.Array, shape: tuple, axis: int) -> jax.Array:
+    return lax.broadcasted_iota(jnp.int32, shape, axis) == jnp.expand_dims(t, axis)
+
+
+def _pick(values: jax.Array, t: jax.Array, axis: int) -> jax.Array:
+    """``values[..., t, ...]`` along ``axis``.
+
+    A gather, except when ``values`` is explicitly sharded (``AxisType.Explicit``):
+    there a gather cannot be partitioned, so a masked sum over the class axis
+    (exact: one term plus zeros) is used instead.
+    """
+    if _explicitly_sharded(values):
+        picked = jnp.where(_onehot(t, values.shape, axis), values, jnp.zeros((), values.dtype))
+        return jnp.sum(picked, axis=axis)
+    return jnp.squeeze(jnp.take_along_axis(values, jnp.expand_dims(t, axis), axis=axis), axis)
+
+
+def _take(w: jax.Array, t: jax.Array) -> jax.Array:
+    """``w[t]`` for a per-class vector; under explicit sharding the result takes ``t``'s."""
+    if _explicitly_sharded(t):
+        return w.at[t].get(out_sharding=jax.typeof(t).sharding)
+    return jnp.take(w, t)
+
+
+def _explicitly_sharded(x: jax.Array) -> bool:
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return spec is not None and any(part is not None for part in spec)
+
+
 def _is_zero(tangent) -> bool:
     return tangent is None or isinstance(tangent, SymbolicZero)
 
 
 def _stats(x, axis, cdt):
-    """``shifted = x - m`` and ``log_s`` (keepdims), computed in ``x``'s dtype, then cast."""
+    """``shifted = x - m``, ``log_s`` and ``m`` (keepdims), and ``lse``.
+
+    Computed in ``x``'s dtype, then cast to ``cdt``; ``m`` stays in ``x``'s dtype.
+    """
     shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None)
     log_s = jnp.log(s)
     lse = jnp.squeeze(m + log_s, axis).astype(cdt)
-    return shifted.astype(cdt), log_s.astype(cdt), lse
+    return shifted.astype(cdt), log_s.astype(cdt), m, lse
 
 
 @functools.cache
@@ -80,11 +112,11 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
 
     def primal(x, t, valid, bad, w, eps):
         num_classes = x.shape[axis]
-        shifted, log_s_k, lse = _stats(x, axis, cdt)
+        shifted, log_s_k, m, lse = _stats(x, axis, cdt)
         log_s = jnp.squeeze(log_s_k, axis)
-        t_k = jnp.expand_dims(t, axis)
-        shifted_t = jnp.squeeze(jnp.take_along_axis(shifted, t_k, axis=axis), axis)
-        w_t = None if w is None else jnp.take(w, t)
+        # Picked from x, not from `shifted`, so that `shifted` need not be stored.
+        shifted_t = (_pick(x, t, axis) - jnp.squeeze(m, axis)).astype(cdt)
+        w_t = None if w is None else _take(w, t)
         wsh, total_weight = None, num_classes
         if smoothing:
             weighted = shifted if w is None else shifted * _along(w, axis, x.ndim)
@@ -113,10 +145,13 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         dx, _, _, _, dw, deps = tangents
         num_classes = x.shape[axis]
         loss, (shifted, log_s_k, log_s, lse, shifted_t, wsh, w_t, total_weight) = primal(*primals)
+        # Ignored rows (and out-of-range targets) get an exactly zero tangent, and
+        # their values (which may be NaN: their logits are never cleaned) are
+        # replaced by 0 wherever they would multiply a tangent or cotangent.
         ok = valid & ~bad
+        ok_k = jnp.expand_dims(ok, axis)
         zero = jnp.zeros((), cdt)
         dloss = jnp.zeros_like(loss)
-        t_k = jnp.expand_dims(t, axis)
         if not _is_zero(dx):
             co = rule.class_index_coefficients(
                 lse=lse,
@@ -128,26 +163,29 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
                 smoothing=smoothing,
             )
             p = jnp.exp(shifted - log_s_k)
-            onehot = lax.broadcasted_iota(jnp.int32, shifted.shape, axis) == t_k
             g = jnp.expand_dims(co.a, axis) * p - jnp.where(
-                onehot, jnp.expand_dims(co.b, axis), zero
+                _onehot(t, shifted.shape, axis), jnp.expand_dims(co.b, axis), zero
             )
             if smoothing:
                 g = g - co.k * (1 if w is None else _along(w, axis, x.ndim))
+            g = jnp.where(ok_k, g, zero)
             dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
+        lp_t = jnp.where(ok, shifted_t - log_s, zero)
         if w is not None and not _is_zero(dw):
-            dw_t = jnp.take(dw, t)
-            d = rule.weighted_nll(shifted_t - log_s, dw_t)
+            dw_t = _take(dw, t)
+            d = rule.weighted_nll(lp_t, dw_t)
             if smoothing:
-                dwsh = jnp.sum(shifted * _along(dw, axis, x.ndim), axis=axis)
-                dsmooth = rule.smoothing_term(log_s, dwsh, jnp.sum(dw))
+                safe = jnp.where(ok_k, shifted, zero)
+                dwsh = jnp.sum(safe * _along(dw, axis, x.ndim), axis=axis)
+                log_s_safe = jnp.where(ok, log_s, zero)
+                dsmooth = rule.smoothing_term(log_s_safe, dwsh, jnp.sum(dw))
                 d = rule.combine_smoothing(d, dsmooth, eps, num_classes)
             if z_loss:
-                d = d + dw_t * (z_loss * jnp.square(lse))
+                d = d + dw_t * (z_loss * jnp.square(jnp.where(ok, lse, zero)))
             dloss = dloss + d
         if smoothing and not isinstance(eps, float) and not _is_zero(deps):
-            nll = rule.weighted_nll(shifted_t - log_s, w_t)
-            smooth = rule.smoothing_term(log_s, wsh, total_weight)
+            nll = rule.weighted_nll(lp_t, w_t)
+            smooth = jnp.where(ok, rule.smoothing_term(log_s, wsh, total_weight), zero)
             d = jnp.where(eps > 0, smooth / num_classes - nll, zero)
             dloss = dloss + d * deps
         return loss, jnp.where(ok, dloss, zero)
@@ -167,7 +205,7 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
 
     def primal(x, q, w, eps):
         num_classes = x.shape[axis]
-        shifted, log_s_k, lse = _stats(x, axis, cdt)
+        shifted, log_s_k, _, lse = _stats(x, axis, cdt)
         qs = rule.smooth_probabilities(q, eps, num_classes)
         wq = qs if w is None else qs * _along(w, axis, x.ndim)
         total = jnp.sum(wq, axis=axis)
@@ -236,9 +274,8 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     _maybe_check(check, target, num_classes, ignore_index, fn)
     cdt = _checks.compute_dtype(out_dtype)
     t, valid, bad = target_masks(target, num_classes, ignore_index)
-    picked = jnp.take_along_axis(log_probs, jnp.expand_dims(t, axis), axis=axis)
-    picked = jnp.squeeze(picked, axis).astype(cdt)
-    w_t = None if weight is None else jnp.take(weight.astype(cdt), t)
+    picked = _pick(log_probs, t, axis).astype(cdt)
+    w_t = None if weight is None else _take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
     if reduction == "mean" and weight is None:
         denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
@@ -294,10 +331,10 @@ def _cross_entropy_impl(
 
     _maybe_check(check, target, num_classes, ignore_index, "cross_entropy")
     t, valid, bad = target_masks(target, num_classes, ignore_index)
-    # "Double where": ignored rows are replaced before the softmax, so their
-    # gradient is exactly 0 even when their logits are -inf or NaN.
-    x = jnp.where(jnp.expand_dims(valid, axis), x, jnp.zeros((), x.dtype))
     if softcap is not None:
+        # Ignored rows are cleaned first: tanh's derivative at NaN would leak into
+        # their (zero) gradient. The kernel itself needs no cleaning.
+        x = jnp.where(jnp.expand_dims(valid, axis), x, jnp.zeros((), x.dtype))
         x = softcap * jnp.tanh(x / softcap)
     smoothing = not (isinstance(eps, float) and eps == 0.0)
     kernel = _class_index_kernel(axis, smoothing, z_loss, cdt)
@@ -305,7 +342,7 @@ def _cross_entropy_impl(
     if reduction == "mean" and w is None:
         denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
     else:
-        denom = rule.denominator(valid, None if w is None else jnp.take(w, t), cdt)
+        denom = rule.denominator(valid, None if w is None else _take(w, t), cdt)
     return _reduce(per_position, denom, reduction).astype(out_dtype)
 
 
