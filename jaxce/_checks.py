@@ -110,17 +110,18 @@ def check_ignore_index(fn: str, ignore_index: Any) -> int:
 
 def check_label_smoothing(fn: str, label_smoothing: Any) -> float | jax.Array:
     """A Python number in [0, 1] (returned as float), or a 0-d floating array (as is)."""
-    if _is_array(label_smoothing) or isinstance(label_smoothing, jax.core.Tracer):
+    if _is_array(label_smoothing):
+        concrete = not isinstance(label_smoothing, jax.core.Tracer)
+        if concrete:  # checked before jnp.asarray, which may stage it under jit
+            value = np.asarray(label_smoothing)
         ls = jnp.asarray(label_smoothing)
         if ls.ndim != 0 or not jnp.issubdtype(ls.dtype, jnp.floating):
             raise TypeError(
                 f"{fn}: `label_smoothing` given as an array must be a 0-d floating scalar, "
                 f"got dtype {_dtype_name(ls.dtype)} with shape {tuple(ls.shape)}"
             )
-        if not isinstance(ls, jax.core.Tracer):
-            value = float(ls)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {value!r}")
+        if concrete and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{fn}: `label_smoothing` must lie in [0, 1], got {float(value)!r}")
         return ls
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jaxce import _checks, rule
+
 __all__ = ["checked", "check_targets"]
 
 _ENABLED = contextvars.ContextVar("jaxce_check_targets", default=False)
@@ -52,8 +54,10 @@ def check_targets(
       ignore_index: the target value that marks positions to skip.
       fn: the name used at the start of the error message.
     """
-    t = jnp.ravel(target).astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
-    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    t = jnp.ravel(_checks.as_array(fn, "target", target))
+    if t.dtype == jnp.bool_ or not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"{fn}: `target` must have an integer dtype, got {t.dtype}")
+    _, _, bad = rule.target_masks(t, num_classes, _checks.check_ignore_index(fn, ignore_index))
     position = jnp.argmax(bad)
     checkify.check(
         ~jnp.any(bad),

@@ -33,10 +33,13 @@ def _frozen_weight(name: str, weight: Any) -> np.ndarray | None:
     return array
 
 
+def _rebuild(cls, options):
+    return cls(**options)
+
+
 class _Criterion:
     """Shared machinery: keyword-only options, validation at construction, value semantics."""
 
-    __slots__ = ("_options",)
     _name = ""
 
     def __init__(self, **options):
@@ -48,6 +51,11 @@ class _Criterion:
         _checks.check_ignore_index(fn, options["ignore_index"])
         _checks.check_reduction(fn, options["reduction"])
         if "label_smoothing" in options:
+            if isinstance(options["label_smoothing"], jax.core.Tracer):
+                raise TypeError(
+                    f"{fn}: `label_smoothing` must be a concrete number to be held by a criterion "
+                    "(it is part of its hash); pass a traced value to the functional form instead"
+                )
             options["label_smoothing"] = float(
                 _checks.check_label_smoothing(fn, options["label_smoothing"])
             )
@@ -58,6 +66,9 @@ class _Criterion:
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{self._name} is immutable; build a new one with other options")
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild through __init__
+        return _rebuild, (type(self), self._options)
 
     def __getattr__(self, name):
         try:
@@ -96,7 +107,6 @@ class NLLLoss(_Criterion):
       1.8615424633026123
     """
 
-    __slots__ = ()
     _name = "NLLLoss"
 
     def __init__(self, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"):
@@ -120,7 +130,6 @@ class CrossEntropyLoss(_Criterion):
       0.3774033188819885
     """
 
-    __slots__ = ()
     _name = "CrossEntropyLoss"
 
     def __init__(

@@ -21,34 +21,6 @@ from jaxce import _checks, checking, rule, softmax
 __all__ = ["nll_loss", "cross_entropy"]
 
 
-def _int_bounds(dtype) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max)
-
-
-def target_masks(target: jax.Array, num_classes: int, ignore_index: int):
-    """``(safe_target, valid, bad)`` for integer class-index targets.
-
-    ``valid``: not ignored; ``bad``: not ignored and outside ``[0, C)``;
-    ``safe_target``: int32, the target where it is a valid class and 0 elsewhere.
-    Comparisons are done in the target's own dtype, so no value is wrapped by a
-    cast (``-1`` never becomes the last class, ``2**40`` never a small one).
-    """
-    lo, hi = _int_bounds(target.dtype)
-    if lo <= ignore_index <= hi:
-        valid = target != jnp.asarray(ignore_index, target.dtype)
-    else:
-        valid = jnp.ones(target.shape, jnp.bool_)
-    in_range = jnp.ones(target.shape, jnp.bool_)
-    if lo < 0:
-        in_range = target >= jnp.asarray(0, target.dtype)
-    if num_classes <= hi:
-        in_range = in_range & (target < jnp.asarray(num_classes, target.dtype))
-    ok = valid & in_range
-    safe = jnp.where(ok, target, jnp.zeros_like(target)).astype(jnp.int32)
-    return safe, valid, valid & ~in_range
-
-
 def _along(v: jax.Array, axis: int, ndim: int) -> jax.Array:
     """A 1-D per-class vector shaped to broadcast along ``axis`` of an ``ndim`` array."""
     shape = [1] * ndim
@@ -273,7 +245,7 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     num_classes = log_probs.shape[axis]
     _maybe_check(check, target, num_classes, ignore_index, fn)
     cdt = _checks.compute_dtype(out_dtype)
-    t, valid, bad = target_masks(target, num_classes, ignore_index)
+    t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
     picked = _pick(log_probs, t, axis).astype(cdt)
     w_t = None if weight is None else _take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
@@ -330,7 +302,7 @@ def _cross_entropy_impl(
         return _reduce(per_position, positions, reduction).astype(out_dtype)
 
     _maybe_check(check, target, num_classes, ignore_index, "cross_entropy")
-    t, valid, bad = target_masks(target, num_classes, ignore_index)
+    t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
     if softcap is not None:
         # Ignored rows are cleaned first: tanh's derivative at NaN would leak into
         # their (zero) gradient. The kernel itself needs no cleaning.

@@ -32,6 +32,35 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _int_bounds(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def target_masks(target: jax.Array, num_classes: int, ignore_index: int):
+    """``(safe_target, valid, bad)`` for integer class-index targets.
+
+    ``valid``: not ignored; ``bad``: not ignored and outside ``[0, C)``;
+    ``safe_target``: int32, the target where it is a valid class and 0 elsewhere.
+    Comparisons are done in the target's own dtype, so no value is wrapped by a
+    cast (``-1`` never becomes the last class, ``2**40`` never a small one).
+    """
+    lo, hi = _int_bounds(target.dtype)
+    if lo <= ignore_index <= hi:
+        valid = target != jnp.asarray(ignore_index, target.dtype)
+    else:
+        valid = jnp.ones(target.shape, jnp.bool_)
+    in_range = jnp.ones(target.shape, jnp.bool_)
+    if lo < 0:
+        in_range = target >= jnp.asarray(0, target.dtype)
+    if num_classes <= hi:
+        in_range = in_range & (target < jnp.asarray(num_classes, target.dtype))
+    ok = valid & in_range
+    safe = jnp.where(ok, target, jnp.zeros_like(target)).astype(jnp.int32)
+    return safe, valid, valid & ~in_range
 
 
 class Coefficients(NamedTuple):
