@@ -43,15 +43,33 @@ def compute_dtype(dtype: Any) -> np.dtype:
     return np.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
 
 
-def as_array(fn: str, name: str, x: Any) -> jax.Array:
-    """Accepts JAX and NumPy arrays (and scalars of those); rejects lists and others."""
-    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
-        return jnp.asarray(x)
-    if isinstance(x, jax.core.Tracer):  # pragma: no cover - tracers are jax.Array
-        return x
-    raise TypeError(
-        f"{fn}: `{name}` must be a JAX or NumPy array, got {type(x).__name__} {x!r:.80}"
-    )
+def as_array(fn: str, name: str, x: Any, *, floating: bool = False) -> jax.Array:
+    """Accepts JAX and NumPy arrays (and scalars of those); rejects lists and others.
+
+    With ``floating=True`` the dtype is checked as received (before JAX may
+    narrow an int64 to int32), so the message names what the caller passed.
+    NumPy integers that JAX would narrow (int64 without x64) must fit: a value
+    that would wrap raises instead of silently becoming another class.
+    """
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        raise TypeError(
+            f"{fn}: `{name}` must be a JAX or NumPy array, got {type(x).__name__} {x!r:.80}"
+        )
+    if floating:
+        check_floating(fn, name, x)
+    converted = jnp.asarray(x)
+    if isinstance(x, (np.ndarray, np.generic)) and converted.dtype != x.dtype and x.size:
+        if np.issubdtype(x.dtype, np.integer):
+            info = np.iinfo(converted.dtype)
+            values = np.asarray(x)
+            outside = (values < info.min) | (values > info.max)
+            if outside.any():
+                raise ValueError(
+                    f"{fn}: `{name}` value {values[outside].flat[0]} does not fit in "
+                    f"{converted.dtype.name}, the integer type JAX uses without "
+                    "jax_enable_x64; it would wrap to another value"
+                )
+    return converted
 
 
 def check_floating(fn: str, name: str, x: jax.Array) -> None:
@@ -162,8 +180,7 @@ def check_positive(fn: str, name: str, value: Any) -> float:
 def check_weight(fn: str, weight: Any, num_classes: int) -> jax.Array | None:
     if weight is None:
         return None
-    weight = as_array(fn, "weight", weight)
-    check_floating(fn, "weight", weight)
+    weight = as_array(fn, "weight", weight, floating=True)
     if weight.ndim != 1 or weight.shape[0] != num_classes:
         raise ValueError(
             f"{fn}: `weight` must be a 1-D array with one entry per class ({num_classes}), "
@@ -200,7 +217,7 @@ def check_class_target(
     elif target.ndim == logits.ndim and tshape[axis] == 1:
         hint = "multi-target (a class axis of size 1 in the target) is not supported; squeeze it"
     else:
-        hint = "the target must have the logits' shape with the class axis removed"
+        hint = f"the target must have the `{logits_name}` shape with the class axis removed"
     raise ValueError(
         f"{fn}: `target` shape {tshape} does not match `{logits_name}` shape {shape} with "
         f"class axis {axis}: expected target shape {expected}; {hint}"

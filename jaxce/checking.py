@@ -97,8 +97,24 @@ def checked(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            raise TypeError(
+                "checked: the wrapped function was called with traced arguments (inside jit, "
+                "vmap or grad). `checked` jits and raises by itself; call it outside other "
+                "transformations, or use `jaxce.check_targets` inside your own "
+                "`checkify.checkify` (see its docstring)"
+            )
         arrays = {k: v for k, v in kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
         static = tuple(sorted((k, v) for k, v in kwargs.items() if k not in arrays))
+        for key, value in static:
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(
+                    f"checked: keyword argument `{key}` must be an array or a hashable value, "
+                    f"got {type(value).__name__} {value!r:.80}"
+                ) from None
         err, out = checkified(args, arrays, static)
         err.throw()
         return out

@@ -23,8 +23,7 @@ def _frozen_weight(name: str, weight: Any) -> np.ndarray | None:
             f"{name}: `weight` must be a concrete array to be held by a criterion (it is part "
             "of its hash); pass traced weights to the functional form instead"
         )
-    array = np.array(_checks.as_array(name, "weight", weight))  # a private copy
-    _checks.check_floating(name, "weight", array)
+    array = np.array(_checks.as_array(name, "weight", weight, floating=True))  # a private copy
     if array.ndim != 1:
         raise ValueError(
             f"{name}: `weight` must be 1-D (one entry per class), got shape {array.shape}"

@@ -369,8 +369,7 @@ def nll_loss(
       https://pytorch.org/docs/stable/generated/torch.nn.NLLLoss.html
     """
     fn = "nll_loss"
-    log_probs = _checks.as_array(fn, "log_probs", log_probs)
-    _checks.check_floating(fn, "log_probs", log_probs)
+    log_probs = _checks.as_array(fn, "log_probs", log_probs, floating=True)
     target = _checks.as_array(fn, "target", target)
     ax = _checks.normalize_axis(fn, axis, log_probs.ndim, tuple(log_probs.shape))
     target = _checks.check_class_target(fn, "log_probs", log_probs, target, ax)
@@ -457,8 +456,7 @@ def cross_entropy(
       Szegedy et al., "Rethinking the Inception Architecture" (label smoothing), 2016.
     """
     fn = "cross_entropy"
-    logits = _checks.as_array(fn, "logits", logits)
-    _checks.check_floating(fn, "logits", logits)
+    logits = _checks.as_array(fn, "logits", logits, floating=True)
     target = _checks.as_array(fn, "target", target)
     ax = _checks.normalize_axis(fn, axis, logits.ndim, tuple(logits.shape))
     ignore_index = _checks.check_ignore_index(fn, ignore_index)

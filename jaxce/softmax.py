@@ -75,8 +75,7 @@ def _logsumexp(x, where, *, axes):
 
 
 def _prepare(fn: str, x, axis, where):
-    x = _checks.as_array(fn, "x", x)
-    _checks.check_floating(fn, "x", x)
+    x = _checks.as_array(fn, "x", x, floating=True)
     axes = _checks.normalize_axes(fn, axis, x.ndim, tuple(x.shape))
     if where is not None:
         where = _checks.as_array(fn, "where", where)
