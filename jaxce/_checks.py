@@ -194,7 +194,13 @@ def reduced_shape(shape: tuple, axis: int) -> tuple:
 
 
 def check_class_target(
-    fn: str, logits_name: str, logits: jax.Array, target: jax.Array, axis: int
+    fn: str,
+    logits_name: str,
+    logits: jax.Array,
+    target: jax.Array,
+    axis: int,
+    *,
+    probabilities_possible: bool = True,
 ) -> jax.Array:
     """Validates an integer class-index target; returns it shaped like the logits without
     the class axis (a ``(1,)`` target for 1-D logits becomes 0-d, as in torch)."""
@@ -207,7 +213,9 @@ def check_class_target(
     tshape = tuple(target.shape)
     if tshape == expected:
         return target
-    if logits.ndim == 1 and tshape == (1,) and shape != (1,):
+    # torch accepts a (1,) target for (C,) input, except where cross_entropy reads
+    # equal shapes as class probabilities (C = 1).
+    if logits.ndim == 1 and tshape == (1,) and (shape != (1,) or not probabilities_possible):
         return target.reshape(())
     if tshape == shape:
         hint = (

@@ -74,15 +74,16 @@ def _stats(x, axis, cdt):
 
 @functools.cache
 def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype):
-    """Per-position class-index loss ``f(x, t, valid, bad, w, eps)`` with a custom JVP.
+    """Per-position class-index terms ``f(x, t, valid, bad, w) -> rule.Terms``, custom JVP.
 
-    The JVP is ``Σ_c g_c·dx_c`` with ``g = a·p - b·onehot - k·w`` (:mod:`jaxce.rule`),
-    so reverse mode needs only ``x`` and the per-row ``log_s``: the gradient is
-    one fused elementwise pass, and no ``[N, C]`` softmax is kept alive.
-    Being a JVP (not a VJP), forward mode and higher orders work too.
+    With ``p = softmax(x)``, ``S = Σ_c p_c·dx_c``, ``T = dx_t`` and ``U = Σ_c w_c·dx_c``,
+    the tangents are ``dnll = w_t·(S - T)``, ``dsmooth = W·S - U`` and
+    ``dz = 2·z·w_t·lse·S``. Transposed (reverse mode) that is one fused
+    elementwise pass over ``x``: nothing of size ``[N, C]`` is stored, only the
+    per-row ``log_s``. Being a JVP, forward mode and higher orders work as well.
     """
 
-    def primal(x, t, valid, bad, w, eps):
+    def primal(x, t, valid, bad, w):
         num_classes = x.shape[axis]
         shifted, log_s_k, m, lse = _stats(x, axis, cdt)
         log_s = jnp.squeeze(log_s_k, axis)
@@ -94,73 +95,62 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             weighted = shifted if w is None else shifted * _along(w, axis, x.ndim)
             wsh = jnp.sum(weighted, axis=axis)
             total_weight = num_classes if w is None else jnp.sum(w)
-        loss = rule.class_index_loss(
+        terms = rule.class_index_terms(
             shifted_t=shifted_t,
             log_s=log_s,
             lse=lse,
             wsh=wsh,
             w_t=w_t,
             total_weight=total_weight,
-            eps=eps,
-            num_classes=num_classes,
             z_loss=z_loss,
         )
-        res = (shifted, log_s_k, log_s, lse, shifted_t, wsh, w_t, total_weight)
-        return rule.finalize(loss, valid, bad), res
+        res = (shifted, log_s_k, log_s, lse, shifted_t, w_t, total_weight)
+        return rule.finalize_terms(terms, valid, bad), res
 
     @jax.custom_jvp
-    def kernel(x, t, valid, bad, w, eps):
-        return primal(x, t, valid, bad, w, eps)[0]
+    def kernel(x, t, valid, bad, w):
+        return primal(x, t, valid, bad, w)[0]
 
     def jvp(primals, tangents):
-        x, t, valid, bad, w, eps = primals
-        dx, _, _, _, dw, deps = tangents
-        num_classes = x.shape[axis]
-        loss, (shifted, log_s_k, log_s, lse, shifted_t, wsh, w_t, total_weight) = primal(*primals)
-        # Ignored rows (and out-of-range targets) get an exactly zero tangent, and
-        # their values (which may be NaN: their logits are never cleaned) are
-        # replaced by 0 wherever they would multiply a tangent or cotangent.
+        x, t, valid, bad, w = primals
+        dx, _, _, _, dw = tangents
+        terms, (shifted, log_s_k, log_s, lse, shifted_t, w_t, total_weight) = primal(*primals)
+        # Ignored rows (and out-of-range targets) get exactly zero tangents; their
+        # values (NaN if their logits are) are replaced by 0 wherever they would
+        # multiply a tangent or cotangent.
         ok = valid & ~bad
         ok_k = jnp.expand_dims(ok, axis)
         zero = jnp.zeros((), cdt)
-        dloss = jnp.zeros_like(loss)
+        dnll = jnp.zeros_like(terms.nll)
+        dsmooth = None if terms.smooth is None else jnp.zeros_like(terms.smooth)
+        dz = None if terms.z is None else jnp.zeros_like(terms.z)
         if not _is_zero(dx):
-            co = rule.class_index_coefficients(
-                lse=lse,
-                w_t=w_t,
-                total_weight=total_weight,
-                eps=eps,
-                num_classes=num_classes,
-                z_loss=z_loss,
-                smoothing=smoothing,
-            )
-            p = jnp.exp(shifted - log_s_k)
-            g = jnp.expand_dims(co.a, axis) * p - jnp.where(
-                _onehot(t, shifted.shape, axis), jnp.expand_dims(co.b, axis), zero
-            )
+            dx = dx.astype(cdt)
+            p = jnp.where(ok_k, jnp.exp(shifted - log_s_k), zero)
+            big_s = jnp.sum(p * dx, axis=axis)
+            onehot = _onehot(t, shifted.shape, axis) & ok_k
+            big_t = jnp.sum(jnp.where(onehot, dx, zero), axis=axis)
+            dnll = big_s - big_t if w is None else w_t * (big_s - big_t)
             if smoothing:
-                g = g - co.k * (1 if w is None else _along(w, axis, x.ndim))
-            g = jnp.where(ok_k, g, zero)
-            dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
-        lp_t = jnp.where(ok, shifted_t - log_s, zero)
+                wdx = dx if w is None else dx * _along(w, axis, x.ndim)
+                big_u = jnp.sum(jnp.where(ok_k, wdx, zero), axis=axis)
+                dsmooth = total_weight * big_s - big_u
+            if z_loss:
+                wt_lse = jnp.where(ok, lse if w is None else w_t * lse, zero)
+                dz = 2 * z_loss * wt_lse * big_s
         if w is not None and not _is_zero(dw):
             dw_t = _take(dw, t)
-            d = rule.weighted_nll(lp_t, dw_t)
+            dnll = dnll + rule.weighted_nll(jnp.where(ok, shifted_t - log_s, zero), dw_t)
             if smoothing:
                 safe = jnp.where(ok_k, shifted, zero)
                 dwsh = jnp.sum(safe * _along(dw, axis, x.ndim), axis=axis)
-                log_s_safe = jnp.where(ok, log_s, zero)
-                dsmooth = rule.smoothing_term(log_s_safe, dwsh, jnp.sum(dw))
-                d = rule.combine_smoothing(d, dsmooth, eps, num_classes)
+                dsmooth = dsmooth + rule.smoothing_term(
+                    jnp.where(ok, log_s, zero), dwsh, jnp.sum(dw)
+                )
             if z_loss:
-                d = d + dw_t * (z_loss * jnp.square(jnp.where(ok, lse, zero)))
-            dloss = dloss + d
-        if smoothing and not isinstance(eps, float) and not _is_zero(deps):
-            nll = rule.weighted_nll(lp_t, w_t)
-            smooth = jnp.where(ok, rule.smoothing_term(log_s, wsh, total_weight), zero)
-            d = jnp.where(eps > 0, smooth / num_classes - nll, zero)
-            dloss = dloss + d * deps
-        return loss, jnp.where(ok, dloss, zero)
+                dz = dz + dw_t * (z_loss * jnp.square(jnp.where(ok, lse, zero)))
+        mask = lambda v: None if v is None else jnp.where(ok, v, zero)  # noqa: E731
+        return terms, rule.Terms(mask(dnll), mask(dsmooth), mask(dz))
 
     kernel.defjvp(jvp, symbolic_zeros=True)
     return kernel
@@ -249,11 +239,10 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     picked = _pick(log_probs, t, axis).astype(cdt)
     w_t = None if weight is None else _take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
-    if reduction == "mean" and weight is None:
-        denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
-    else:
-        denom = rule.denominator(valid, w_t, cdt)
-    return _reduce(nll, denom, reduction).astype(out_dtype)
+    denom = _denominator(valid, w_t, reduction, cdt)
+    return rule.reduce_terms(
+        rule.Terms(nll, None, None), denom, reduction, 0.0, num_classes
+    ).astype(out_dtype)
 
 
 @functools.partial(
@@ -310,12 +299,21 @@ def _cross_entropy_impl(
         x = softcap * jnp.tanh(x / softcap)
     smoothing = not (isinstance(eps, float) and eps == 0.0)
     kernel = _class_index_kernel(axis, smoothing, z_loss, cdt)
-    per_position = kernel(x, t, valid, bad, w, eps)
-    if reduction == "mean" and w is None:
-        denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
-    else:
-        denom = rule.denominator(valid, None if w is None else _take(w, t), cdt)
-    return _reduce(per_position, denom, reduction).astype(out_dtype)
+    terms = kernel(x, t, valid, bad, w)
+    return rule.reduce_terms(
+        terms,
+        _denominator(valid, None if w is None else _take(w, t), reduction, cdt),
+        reduction,
+        eps,
+        num_classes,
+    ).astype(out_dtype)
+
+
+def _denominator(valid, w_t, reduction, cdt):
+    """Per-position ``w_t`` (valid only), or for an unweighted mean the exact count."""
+    if reduction == "mean" and w_t is None:
+        return jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
+    return rule.denominator(valid, w_t, cdt)
 
 
 def _result_dtype(*arrays) -> np.dtype:
@@ -372,7 +370,9 @@ def nll_loss(
     log_probs = _checks.as_array(fn, "log_probs", log_probs, floating=True)
     target = _checks.as_array(fn, "target", target)
     ax = _checks.normalize_axis(fn, axis, log_probs.ndim, tuple(log_probs.shape))
-    target = _checks.check_class_target(fn, "log_probs", log_probs, target, ax)
+    target = _checks.check_class_target(
+        fn, "log_probs", log_probs, target, ax, probabilities_possible=False
+    )
     weight = _checks.check_weight(fn, weight, log_probs.shape[ax])
     return _nll_impl(
         log_probs,

@@ -90,17 +90,52 @@ def combine_smoothing(nll, smooth, eps, num_classes: int):
     return jnp.where(eps > 0, combined, nll)
 
 
+class Terms(NamedTuple):
+    """The three parts of a class-index loss, kept apart until the reduction.
+
+    torch reduces the nll and smoothing parts separately (``mean`` is
+    ``(1-ε)·Σnll/D + (ε/C)·Σsmooth/D``), which matters when ``D`` is 0.
+    ``smooth`` and ``z`` are None when that option is off.
+    """
+
+    nll: jax.Array
+    smooth: jax.Array | None
+    z: jax.Array | None
+
+
+def class_index_terms(*, shifted_t, log_s, lse, wsh, w_t, total_weight, z_loss: float) -> Terms:
+    """``-w_t·lp_t``, ``-Σ_c w_c·lp_c`` and ``z·w_t·lse²`` of one position from its statistics."""
+    nll = weighted_nll(shifted_t - log_s, w_t)
+    smooth = None if wsh is None else smoothing_term(log_s, wsh, total_weight)
+    z = None
+    if z_loss:
+        z = z_loss * jnp.square(lse)
+        z = z if w_t is None else w_t * z
+    return Terms(nll, smooth, z)
+
+
+def combine_terms(terms: Terms, eps, num_classes: int):
+    """``(1-ε)·nll + (ε/C)·smooth + z``, for per-position terms or their reductions."""
+    loss = terms.nll
+    if terms.smooth is not None:
+        loss = combine_smoothing(loss, terms.smooth, eps, num_classes)
+    return loss if terms.z is None else loss + terms.z
+
+
 def class_index_loss(
     *, shifted_t, log_s, lse, wsh, w_t, total_weight, eps, num_classes: int, z_loss: float
 ):
     """The loss of one (non-ignored, in-range) position from its statistics."""
-    loss = weighted_nll(shifted_t - log_s, w_t)
-    if wsh is not None:
-        loss = combine_smoothing(loss, smoothing_term(log_s, wsh, total_weight), eps, num_classes)
-    if z_loss:
-        z = z_loss * jnp.square(lse)
-        loss = loss + (z if w_t is None else w_t * z)
-    return loss
+    terms = class_index_terms(
+        shifted_t=shifted_t,
+        log_s=log_s,
+        lse=lse,
+        wsh=wsh,
+        w_t=w_t,
+        total_weight=total_weight,
+        z_loss=z_loss,
+    )
+    return combine_terms(terms, eps, num_classes)
 
 
 def class_index_coefficients(
@@ -117,6 +152,28 @@ def class_index_coefficients(
     if z_loss:
         a = a + 2 * z_loss * wt * lse
     return Coefficients(a, b, k)
+
+
+def finalize_terms(terms: Terms, valid, bad) -> Terms:
+    """:func:`finalize` for each term (the NaN of a bad target goes into ``nll``)."""
+    zero = jnp.zeros((), terms.nll.dtype)
+    return Terms(
+        finalize(terms.nll, valid, bad),
+        None if terms.smooth is None else jnp.where(valid, terms.smooth, zero),
+        None if terms.z is None else jnp.where(valid, terms.z, zero),
+    )
+
+
+def reduce_terms(terms: Terms, denom, reduction: str, eps, num_classes: int):
+    """torch's reductions: ``none``/``sum`` combine then reduce; ``mean`` divides each
+    term's sum by ``D = Σ denom`` before combining (0/0 stays NaN, as in torch)."""
+    if reduction == "none":
+        return combine_terms(terms, eps, num_classes)
+    sums = Terms(*(None if v is None else jnp.sum(v) for v in terms))
+    if reduction == "mean":
+        d = jnp.sum(denom)
+        sums = Terms(*(None if v is None else v / d for v in sums))
+    return combine_terms(sums, eps, num_classes)
 
 
 def finalize(loss, valid, bad):

@@ -33,7 +33,7 @@ def shifted_and_sumexp(
     """
     if where is not None:
         x = jnp.where(where, x, -jnp.inf)
-    m = jnp.max(x, axis=axes, keepdims=True)
+    m = jnp.max(x, axis=axes, keepdims=True, initial=-jnp.inf)
     m = lax.stop_gradient(jnp.where(m == -jnp.inf, jnp.zeros_like(m), m))
     shifted = x - m
     return shifted, jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True), m
@@ -76,6 +76,12 @@ def _logsumexp(x, where, *, axes):
 
 def _prepare(fn: str, x, axis, where):
     x = _checks.as_array(fn, "x", x, floating=True)
+    if x.ndim == 0:
+        # As torch: a 0-d input is a single class along axis 0 (or -1).
+        _checks.normalize_axes(fn, axis, 1, tuple(x.shape))
+        x = x.reshape((1,))
+        if where is not None:
+            where = jnp.reshape(_checks.as_array(fn, "where", where), (1,))
     axes = _checks.normalize_axes(fn, axis, x.ndim, tuple(x.shape))
     if where is not None:
         where = _checks.as_array(fn, "where", where)
@@ -120,8 +126,9 @@ def log_softmax(x, axis=-1, *, where=None):
       >>> jaxce.log_softmax(jnp.array([0.0, -jnp.inf, 1.0]))
       Array([-1.3132616,       -inf, -0.3132617], dtype=float32)
     """
+    shape = jnp.shape(x)
     x, axes, where = _prepare("log_softmax", x, axis, where)
-    return _log_softmax(x, where, axes=axes)
+    return _log_softmax(x, where, axes=axes).reshape(shape)
 
 
 def softmax(x, axis=-1, *, where=None):
@@ -144,8 +151,9 @@ def softmax(x, axis=-1, *, where=None):
       >>> jaxce.softmax(jnp.array([[1.2, -0.5, 0.8, 2.1]]))
       Array([[0.23188645, 0.04236206, 0.15543279, 0.5703187 ]], dtype=float32)
     """
+    shape = jnp.shape(x)
     x, axes, where = _prepare("softmax", x, axis, where)
-    return _softmax(x, where, axes=axes)
+    return _softmax(x, where, axes=axes).reshape(shape)
 
 
 def logsumexp(x, axis=-1, *, where=None):
