@@ -2,6 +2,10 @@
 
 from jaxce.checking import check_targets, checked
 from jaxce.criteria import CrossEntropyLoss, NLLLoss
+
+# `jaxce.evaluate` is the function (as `jaxce.softmax` is); jaxce/evaluate.py imports Flax
+# only when it is called, so this import stays cheap.
+from jaxce.evaluate import evaluate
 from jaxce.losses import cross_entropy, nll_loss
 from jaxce.softmax import log_softmax, logsumexp, softmax
 
@@ -13,8 +17,19 @@ __all__ = [
     "check_targets",
     "checked",
     "cross_entropy",
+    "evaluate",
     "log_softmax",
     "logsumexp",
     "nll_loss",
     "softmax",
 ]
+
+
+def __getattr__(name: str):
+    # SmallNet & co. import Flax, optax and orbax: load those submodules on first use,
+    # so that `import jaxce; jaxce.models.SmallNet` works without slowing `import jaxce`.
+    if name in ("models", "train", "data"):
+        import importlib
+
+        return importlib.import_module(f"jaxce.{name}")
+    raise AttributeError(f"module 'jaxce' has no attribute {name!r}")
