@@ -236,7 +236,8 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     _maybe_check(check, target, num_classes, ignore_index, fn)
     cdt = _checks.compute_dtype(out_dtype)
     t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
-    picked = _pick(log_probs, t, axis).astype(cdt)
+    # Cleaned where not used, so a -inf there cannot turn a zero cotangent into NaN.
+    picked = jnp.where(valid & ~bad, _pick(log_probs, t, axis).astype(cdt), jnp.zeros((), cdt))
     w_t = None if weight is None else _take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
     denom = _denominator(valid, w_t, reduction, cdt)
@@ -449,7 +450,7 @@ def cross_entropy(
       >>> print(float(jaxce.cross_entropy(logits, jnp.array([0, 1]))))
       0.3774033188819885
       >>> jaxce.cross_entropy(logits, jnp.array([0, -100]), reduction="none")
-      Array([0.4518444, 0.       ], dtype=float32)
+      Array([0.47461075, 0.        ], dtype=float32)
 
     References:
       https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html

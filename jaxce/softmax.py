@@ -12,6 +12,7 @@ Like :mod:`jax.nn`, with two guarantees that matter inside losses:
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ __all__ = ["logsumexp", "log_softmax", "softmax"]
 
 
 def shifted_and_sumexp(
-    x: jax.Array, axes: tuple[int, ...], where: jax.Array | None
+    x: jax.Array, axes: tuple[int, ...], where: jax.Array | None, *, finite_shift: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(x - m, sum(exp(x - m)), m)`` with ``m`` the (masked) max, all keepdims.
 
@@ -34,7 +35,10 @@ def shifted_and_sumexp(
     if where is not None:
         x = jnp.where(where, x, -jnp.inf)
     m = jnp.max(x, axis=axes, keepdims=True, initial=-jnp.inf)
-    m = lax.stop_gradient(jnp.where(m == -jnp.inf, jnp.zeros_like(m), m))
+    # finite_shift (for logsumexp): a +inf max shifts by 0, so the row gives +inf, not
+    # NaN; log_softmax/softmax keep torch's NaN for such rows.
+    unusable = ~jnp.isfinite(m) if finite_shift else m == -jnp.inf
+    m = lax.stop_gradient(jnp.where(unusable, jnp.zeros_like(m), m))
     shifted = x - m
     return shifted, jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True), m
 
@@ -70,7 +74,8 @@ def _softmax(x, where, *, axes):
 
 @functools.partial(jax.jit, static_argnames=("axes",))
 def _logsumexp(x, where, *, axes):
-    shifted, s, m = shifted_and_sumexp(x.astype(_checks.compute_dtype(x.dtype)), axes, where)
+    x_c = x.astype(_checks.compute_dtype(x.dtype))
+    _, s, m = shifted_and_sumexp(x_c, axes, where, finite_shift=True)
     return jnp.squeeze(jnp.log(s) + m, axis=axes).astype(x.dtype)
 
 
@@ -78,7 +83,16 @@ def _prepare(fn: str, x, axis, where):
     x = _checks.as_array(fn, "x", x, floating=True)
     if x.ndim == 0:
         # As torch: a 0-d input is a single class along axis 0 (or -1).
-        _checks.normalize_axes(fn, axis, 1, tuple(x.shape))
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        for a in axes:
+            if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+                raise TypeError(f"{fn}: `axis` must be an int, got {type(a).__name__} {a!r}")
+        if len(axes) != 1 or axes[0] not in (0, -1):
+            raise ValueError(
+                f"{fn}: `axis`={axis!r} is out of range for a 0-d input (shape ()); "
+                "expected 0 or -1"
+            )
+        axis = 0
         x = x.reshape((1,))
         if where is not None:
             where = jnp.reshape(_checks.as_array(fn, "where", where), (1,))
@@ -122,9 +136,9 @@ def log_softmax(x, axis=-1, *, where=None):
     Examples:
       >>> import jax.numpy as jnp, jaxce
       >>> jaxce.log_softmax(jnp.array([1.2, -0.5, 0.8, 2.1]))
-      Array([-1.4615424, -3.1615424, -1.8615425, -0.5615424], dtype=float32)
+      Array([-1.4615424, -3.1615424, -1.8615425, -0.5615425], dtype=float32)
       >>> jaxce.log_softmax(jnp.array([0.0, -jnp.inf, 1.0]))
-      Array([-1.3132616,       -inf, -0.3132617], dtype=float32)
+      Array([-1.3132616 ,        -inf, -0.31326163], dtype=float32)
     """
     shape = jnp.shape(x)
     x, axes, where = _prepare("log_softmax", x, axis, where)
@@ -149,7 +163,7 @@ def softmax(x, axis=-1, *, where=None):
     Examples:
       >>> import jax.numpy as jnp, jaxce
       >>> jaxce.softmax(jnp.array([[1.2, -0.5, 0.8, 2.1]]))
-      Array([[0.23188645, 0.04236206, 0.15543279, 0.5703187 ]], dtype=float32)
+      Array([[0.23187836, 0.04236035, 0.1554327 , 0.57032865]], dtype=float32)
     """
     shape = jnp.shape(x)
     x, axes, where = _prepare("softmax", x, axis, where)
@@ -173,7 +187,7 @@ def logsumexp(x, axis=-1, *, where=None):
     Examples:
       >>> import jax.numpy as jnp, jaxce
       >>> jaxce.logsumexp(jnp.array([1000.0, 1000.0]))
-      Array(1000.6931, dtype=float32)
+      Array(1000.6932, dtype=float32)
     """
     x, axes, where = _prepare("logsumexp", x, axis, where)
     return _logsumexp(x, where, axes=axes)

@@ -295,8 +295,8 @@ LOSS_CASES = {
     "log_softmax-axis": Case(
         jaxce.log_softmax, (X,), {"axis": 2}, ValueError, ("log_softmax", "`axis`=2", "(4, 3)")
     ),
-    "log_softmax-0d": Case(
-        jaxce.log_softmax, (f32(),), {}, ValueError, ("log_softmax", "0-d", "shape ()")
+    "log_softmax-0d-axis": Case(
+        jaxce.log_softmax, (f32(),), {"axis": 1}, ValueError, ("log_softmax", "`axis`=1", "0-d")
     ),
     "softmax-int": Case(jaxce.softmax, (i32(3),), {}, TypeError, ("softmax", "`x`", "int32")),
     "softmax-axis": Case(
