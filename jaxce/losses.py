@@ -57,6 +57,12 @@ def _explicitly_sharded(x: jax.Array) -> bool:
     return spec is not None and any(part is not None for part in spec)
 
 
+def _softmax_from_lse(x, lse, axis, cdt):
+    """``exp(x - lse)``: written from ``x`` (not ``x - m``) so that XLA recomputes it
+    inside the gradient's single pass instead of storing ``x - m`` from the forward."""
+    return jnp.exp(x.astype(cdt) - jnp.expand_dims(lse, axis))
+
+
 def _is_zero(tangent) -> bool:
     return tangent is None or isinstance(tangent, SymbolicZero)
 
@@ -92,9 +98,14 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         w_t = None if w is None else _take(w, t)
         wsh, total_weight = None, num_classes
         if smoothing:
-            weighted = shifted if w is None else shifted * _along(w, axis, x.ndim)
-            wsh = jnp.sum(weighted, axis=axis)
+            # Σ_c w_c·(x_c - m) as Σ_c w_c·x_c - m·W: reading x, not `shifted`, lets the
+            # sum run beside the exp-sum without storing `shifted` (XLA on CPU would).
+            # Its rounding error (relative to Σ|w·x|) is small against the smoothing
+            # term, which is at least log_s·W and at least |wsh|.
+            xc = x.astype(cdt)
+            weighted = xc if w is None else xc * _along(w, axis, x.ndim)
             total_weight = num_classes if w is None else jnp.sum(w)
+            wsh = jnp.sum(weighted, axis=axis) - jnp.squeeze(m, axis).astype(cdt) * total_weight
         terms = rule.class_index_terms(
             shifted_t=shifted_t,
             log_s=log_s,
@@ -126,7 +137,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         dz = None if terms.z is None else jnp.zeros_like(terms.z)
         if not _is_zero(dx):
             dx = dx.astype(cdt)
-            p = jnp.where(ok_k, jnp.exp(shifted - log_s_k), zero)
+            p = jnp.where(ok_k, _softmax_from_lse(x, lse, axis, cdt), zero)
             big_s = jnp.sum(p * dx, axis=axis)
             onehot = _onehot(t, shifted.shape, axis) & ok_k
             big_t = jnp.sum(jnp.where(onehot, dx, zero), axis=axis)
@@ -187,7 +198,7 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
         loss, (shifted, log_s_k, lse, qs, wq, total) = primal(*primals)
         dloss = jnp.zeros_like(loss)
         if not _is_zero(dx):
-            p = jnp.exp(shifted - log_s_k)
+            p = _softmax_from_lse(x, lse, axis, cdt)
             a = total + 2 * z_loss * lse if z_loss else total
             g = jnp.expand_dims(a, axis) * p - wq
             dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
