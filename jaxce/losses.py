@@ -57,10 +57,15 @@ def _explicitly_sharded(x: jax.Array) -> bool:
     return spec is not None and any(part is not None for part in spec)
 
 
-def _softmax_from_lse(x, lse, axis, cdt):
-    """``exp(x - lse)``: written from ``x`` (not ``x - m``) so that XLA recomputes it
-    inside the gradient's single pass instead of storing ``x - m`` from the forward."""
-    return jnp.exp(x.astype(cdt) - jnp.expand_dims(lse, axis))
+def _softmax_from_shifted(shifted, log_s_k):
+    """``exp(x - m) / s``, the very ``exp(x - m)`` that the forward pass sums.
+
+    XLA computes that exponential once, keeps it in the gradient's own buffer and
+    scales it in the backward pass (as it does for optax): one ``exp`` per element
+    in ``value_and_grad`` (on CPU the exp, not memory, is the bound) and no
+    temporary. A forward pass alone still only reduces it.
+    """
+    return jnp.exp(shifted) / jnp.exp(log_s_k)
 
 
 def _is_zero(tangent) -> bool:
@@ -137,7 +142,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         dz = None if terms.z is None else jnp.zeros_like(terms.z)
         if not _is_zero(dx):
             dx = dx.astype(cdt)
-            p = jnp.where(ok_k, _softmax_from_lse(x, lse, axis, cdt), zero)
+            p = jnp.where(ok_k, _softmax_from_shifted(shifted, log_s_k), zero)
             big_s = jnp.sum(p * dx, axis=axis)
             onehot = _onehot(t, shifted.shape, axis) & ok_k
             big_t = jnp.sum(jnp.where(onehot, dx, zero), axis=axis)
@@ -178,11 +183,13 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
 
     def primal(x, q, w, eps):
         num_classes = x.shape[axis]
-        shifted, log_s_k, _, lse = _stats(x, axis, cdt)
+        shifted, log_s_k, m, lse = _stats(x, axis, cdt)
         qs = rule.smooth_probabilities(q, eps, num_classes)
         wq = qs if w is None else qs * _along(w, axis, x.ndim)
         total = jnp.sum(wq, axis=axis)
-        loss = jnp.squeeze(log_s_k, axis) * total - jnp.sum(wq * shifted, axis=axis)
+        # Σ w·q'·(x - m) read from x, as the smoothing sum is (see _class_index_kernel).
+        wqsh = jnp.sum(wq * x.astype(cdt), axis=axis) - jnp.squeeze(m, axis).astype(cdt) * total
+        loss = jnp.squeeze(log_s_k, axis) * total - wqsh
         if z_loss:
             loss = loss + z_loss * jnp.square(lse)
         return loss, (shifted, log_s_k, lse, qs, wq, total)
@@ -198,7 +205,7 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
         loss, (shifted, log_s_k, lse, qs, wq, total) = primal(*primals)
         dloss = jnp.zeros_like(loss)
         if not _is_zero(dx):
-            p = _softmax_from_lse(x, lse, axis, cdt)
+            p = _softmax_from_shifted(shifted, log_s_k)
             a = total + 2 * z_loss * lse if z_loss else total
             g = jnp.expand_dims(a, axis) * p - wq
             dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
