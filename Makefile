@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(PY) -m jaxce demo
@@ -28,6 +28,14 @@ lint: $(STAMP)
 
 golden: $(STAMP)
 	$(PY) tests/golden/generate.py
+
+# `make bench`: the cross-entropy benchmark, see benchmarks/README.md (BENCH_ARGS=--quick: a short run).
+$(VENV)/.installed-bench: pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench_ce.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
