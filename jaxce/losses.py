@@ -47,7 +47,7 @@ def _pick(values: jax.Array, t: jax.Array, axis: int) -> jax.Array:
 
 def _take(w: jax.Array, t: jax.Array) -> jax.Array:
     """``w[t]`` for a per-class vector; under explicit sharding the result takes ``t``'s."""
-    if _explicitly_sharded(t):
+    if _explicitly_sharded(t) or _explicitly_sharded(w):
         return w.at[t].get(out_sharding=jax.typeof(t).sharding)
     return jnp.take(w, t)
 
