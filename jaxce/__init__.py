@@ -6,6 +6,7 @@ from jaxce.criteria import CrossEntropyLoss, NLLLoss
 # `jaxce.evaluate` is the function (as `jaxce.softmax` is); jaxce/evaluate.py imports Flax
 # only when it is called, so this import stays cheap.
 from jaxce.evaluate import evaluate
+from jaxce.linear import linear_cross_entropy
 from jaxce.losses import cross_entropy, nll_loss
 from jaxce.softmax import log_softmax, logsumexp, softmax
 
@@ -18,6 +19,7 @@ __all__ = [
     "checked",
     "cross_entropy",
     "evaluate",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "nll_loss",

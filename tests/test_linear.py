@@ -1,0 +1,476 @@
+"""``linear_cross_entropy`` against the materialised formulation
+``cross_entropy(hidden @ kernel + bias, ...)`` (float32) and against torch (float64):
+values and the gradients with respect to ``hidden``, ``kernel``, ``bias`` (and
+``weight`` and a traced ``label_smoothing``), for every option, every reduction and
+both gradient schedules, with block sizes that divide nothing.
+
+Compilation dominates on small CPUs, so each option combination is one jitted program
+that computes every reduction and schedule at once.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxce
+from jaxce.linear import linear_cross_entropy as LCE
+
+CE = jaxce.cross_entropy
+rng = np.random.default_rng(20240611)
+
+# (2, 7) tokens, D = 6, V = 37 (prime); blocks of 4 tokens and 8 classes divide nothing.
+LEAD, D, V = (2, 7), 6, 37
+H_NP = rng.normal(size=LEAD + (D,))
+K_NP = rng.normal(size=(D, V)) * 0.7
+B_NP = rng.normal(size=(V,))
+W_NP = rng.uniform(0.3, 2.0, size=(V,))
+T_NP = rng.integers(0, V, size=LEAD)
+T_NP[0, 3] = -100
+T_NP[1, 6] = -100
+T_NP[1, 0] = 2  # a real class, ignored in the "ignore-a-class" combination
+CT_NP = rng.normal(size=LEAD)  # cotangent for reduction="none"
+SMALL = dict(token_block=4, vocab_block=8)
+
+# Correctness needs no optimised code: compiling at XLA's lowest backend level roughly
+# halves the compile time that dominates these tests.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def run_fast(f, *args):
+    """``jax.jit(f)(*args)``, compiled with :data:`FAST`."""
+    return jax.jit(f).lower(*args).compile(FAST)(*args)
+
+
+def _opts(combo: dict, w, eps):
+    o = {k: v for k, v in combo.items() if k not in ("bias", "weight", "traced_eps")}
+    if combo.get("weight"):
+        o["weight"] = w
+    if combo.get("traced_eps"):
+        o["label_smoothing"] = eps
+    return o
+
+
+COMBOS = {
+    "plain": {},
+    "weight-ignore-a-class": {"weight": True, "ignore_index": 2},
+    "smoothing": {"label_smoothing": 0.1},
+    "weight-smoothing-bias": {"weight": True, "label_smoothing": 0.2, "bias": True},
+    "zloss-softcap": {"z_loss": 1e-2, "softcap": 4.0},
+    "all": {
+        "bias": True,
+        "weight": True,
+        "label_smoothing": 0.15,
+        "z_loss": 1e-3,
+        "softcap": 3.0,
+    },
+    "traced-eps": {"weight": True, "traced_eps": True, "softcap": 5.0},
+}
+
+# (reduction, grad_mode, block sizes): small blocks exercise the loops and the shifted
+# last blocks; default blocks here cover all 37 classes in one block (logits reused).
+VARIANTS = (
+    ("mean", "recompute", SMALL),
+    ("sum", "forward", SMALL),
+    ("none", "recompute", SMALL),
+    ("mean", "auto", {}),
+)
+
+
+def _target(combo: dict) -> np.ndarray:
+    """The shared targets; ignored positions use the combination's ``ignore_index``."""
+    return np.where(T_NP == -100, combo.get("ignore_index", -100), T_NP)
+
+
+def _run_combo(combo: dict):
+    """Values and gradients of every variant, and of the materialised reference."""
+    h, k, b, w, ct = (jnp.asarray(a, jnp.float32) for a in (H_NP, K_NP, B_NP, W_NP, CT_NP))
+    t = jnp.asarray(_target(combo), jnp.int32)
+    eps0 = jnp.asarray(0.1, jnp.float32)
+    use_bias = combo.get("bias", False)
+
+    def scalar(loss, reduction):
+        return jnp.sum(loss * ct) if reduction == "none" else loss
+
+    def fused(reduction, mode, blocks):
+        def f(h, k, b, w, eps):
+            loss = LCE(
+                h,
+                k,
+                t,
+                bias=b if use_bias else None,
+                reduction=reduction,
+                grad_mode=mode,
+                **blocks,
+                **_opts(combo, w, eps),
+            )
+            return scalar(loss, reduction), loss
+
+        return f
+
+    def reference(reduction):
+        def f(h, k, b, w, eps):
+            logits = h @ k + (b if use_bias else jnp.zeros((), jnp.float32))
+            loss = CE(logits, t, reduction=reduction, **_opts(combo, w, eps))
+            return scalar(loss, reduction), loss
+
+        return f
+
+    def run(h, k, b, w, eps):
+        out = {}
+        for red, mode, blocks in VARIANTS:
+            vg = jax.value_and_grad(fused(red, mode, blocks), argnums=range(5), has_aux=True)
+            out[f"{red}/{mode}/{bool(blocks)}"] = vg(h, k, b, w, eps)
+        for red in ("mean", "sum", "none"):
+            vg = jax.value_and_grad(reference(red), argnums=range(5), has_aux=True)
+            out[f"ref/{red}"] = vg(h, k, b, w, eps)
+        return out
+
+    return run_fast(run, h, k, b, w, eps0)
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
+def test_matches_materialised(name):
+    combo = COMBOS[name]
+    out = _run_combo(combo)
+    names = ("hidden", "kernel", "bias", "weight", "label_smoothing")
+    for red, mode, blocks in VARIANTS:
+        (_, got), grads = out[f"{red}/{mode}/{bool(blocks)}"]
+        (_, want), ref_grads = out[f"ref/{red}"]
+        assert got.shape == want.shape == (() if red != "none" else LEAD)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=f"{red}/{mode}")
+        for n, g, r in zip(names, grads, ref_grads, strict=True):
+            scale = float(jnp.max(jnp.abs(r))) or 1.0
+            np.testing.assert_allclose(
+                g, r, rtol=1e-5, atol=2e-6 * scale, err_msg=f"d/d{n} {red}/{mode}"
+            )
+        # A finite loss and non-trivial gradients (the comparison cannot pass vacuously).
+        assert np.all(np.isfinite(got)) and np.all(np.isfinite(grads[1]))
+        assert float(jnp.max(jnp.abs(grads[0]))) > 0 and float(jnp.max(jnp.abs(grads[1]))) > 0
+        if combo.get("bias"):
+            assert float(jnp.max(jnp.abs(grads[2]))) > 0
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _torch_reference(torch, combo, reduction, h, k, b, w, t):
+    """torch float64: F.cross_entropy on the logits, plus softcap and z-loss by hand."""
+    F = torch.nn.functional
+    logits = h @ k + (b if combo.get("bias") else 0)
+    if combo.get("softcap"):
+        s = combo["softcap"]
+        logits = s * torch.tanh(logits / s)
+    weight = w if combo.get("weight") else None
+    ii = combo.get("ignore_index", -100)
+    eps = combo.get("label_smoothing", 0.0)
+    loss = F.cross_entropy(
+        logits, t, weight=weight, ignore_index=ii, reduction=reduction, label_smoothing=eps
+    )
+    valid = t != ii
+    w_t = (w[t.clamp(min=0)] if weight is not None else torch.ones_like(logits[:, 0])) * valid
+    z = combo.get("z_loss", 0.0)
+    if z:
+        zrow = z * w_t * torch.logsumexp(logits, dim=-1) ** 2
+        if reduction == "none":
+            loss = loss + zrow
+        elif reduction == "sum":
+            loss = loss + zrow.sum()
+        else:
+            loss = loss + zrow.sum() / w_t.sum()
+    return loss
+
+
+@pytest.mark.parametrize("name", ["weight-smoothing-bias", "all"])
+def test_matches_torch_float64(torch, x64, name):
+    combo = COMBOS[name]
+    n = int(np.prod(LEAD))
+    h2, t1 = H_NP.reshape(n, D), T_NP.reshape(n)
+    reductions = ("mean", "sum", "none")
+    ct = CT_NP.reshape(n)
+
+    def ours(h, k, b, w, t):
+        outs = []
+        for red in reductions:
+
+            def f(h, k, b, red=red):
+                o = _opts(combo, w, None)
+                loss = LCE(h, k, t, bias=b if combo.get("bias") else None, reduction=red, **o)
+                return (jnp.sum(loss * ct) if red == "none" else loss), loss
+
+            outs.append(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(h, k, b))
+        return outs
+
+    args = (jnp.asarray(a, jnp.float64) for a in (h2, K_NP, B_NP, W_NP))
+    outs = run_fast(ours, *args, jnp.asarray(t1, jnp.int32))
+    for red, ((_, value), grads) in zip(reductions, outs, strict=True):
+        th, tk, tb = (torch.tensor(a, requires_grad=True) for a in (h2, K_NP, B_NP))
+        tw, tt = torch.tensor(W_NP), torch.tensor(t1)
+        loss = _torch_reference(torch, combo, red, th, tk, tb, tw, tt)
+        (loss * torch.tensor(ct) if red == "none" else loss).sum().backward()
+        np.testing.assert_allclose(value, loss.detach().numpy(), rtol=1e-12, atol=1e-12)
+        for g, tg in zip(grads, (th.grad, tk.grad, tb.grad), strict=True):
+            if not combo.get("bias") and tg is None:
+                continue
+            np.testing.assert_allclose(g, tg.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- bfloat16
+
+
+def test_bfloat16_within_tolerance():
+    """bf16 inputs: the loss is computed in float32 from the bf16 values and rounded once;
+    stated tolerance: value within 1% (bf16 has 8 bits), gradients (returned in bf16)
+    within 1% of their largest entry, of the float32 materialised reference."""
+    bf = jnp.bfloat16
+    h, k, b = (jnp.asarray(a, bf) for a in (H_NP, K_NP, B_NP))
+    t = jnp.asarray(T_NP, jnp.int32)
+    w = jnp.asarray(W_NP, jnp.float32)
+    opts = dict(weight=w, label_smoothing=0.1, z_loss=1e-3)
+
+    def run(h, k, b):
+        def f(h, k, b):
+            return LCE(h, k, t, bias=b, **SMALL, **opts)
+
+        def r(h, k, b):
+            up = (a.astype(jnp.float32) for a in (h, k, b))
+            h32, k32, b32 = up
+            return CE(h32 @ k32 + b32, t, **opts)
+
+        return jax.value_and_grad(f, (0, 1, 2))(h, k, b), jax.value_and_grad(r, (0, 1, 2))(h, k, b)
+
+    (v, g), (rv, rg) = run_fast(run, h, k, b)
+    assert v.dtype == jnp.float32  # bf16 logits promoted with the float32 weight
+    np.testing.assert_allclose(v, rv, rtol=1e-2)
+    for a, ref, src in zip(g, rg, (h, k, b), strict=True):
+        assert a.dtype == bf and a.shape == src.shape
+        scale = float(jnp.max(jnp.abs(ref)))
+        np.testing.assert_allclose(a.astype(jnp.float32), ref, atol=1e-2 * scale, rtol=0)
+
+    # Without a float32 weight the result stays bfloat16.
+    out = LCE(h, k, t, bias=b)
+    assert out.dtype == bf
+
+
+# --------------------------------------------------------------------------- blocks, shapes
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        dict(token_block=1, vocab_block=1),
+        dict(token_block=3, vocab_block=36),  # last vocab block overlaps by 35 columns
+        dict(token_block=100, vocab_block=1000),  # blocks larger than N and V
+        dict(token_block=14, vocab_block=37),  # exactly one block each
+    ],
+    ids=["1x1", "3x36", "larger", "exact"],
+)
+def test_block_sizes(blocks):
+    h, k, b = (jnp.asarray(a, jnp.float32) for a in (H_NP, K_NP, B_NP))
+    t = jnp.asarray(T_NP, jnp.int32)
+    opts = dict(label_smoothing=0.1, weight=jnp.asarray(W_NP, jnp.float32), reduction="sum")
+
+    def run(h, k, b):
+        f = lambda h, k, b: LCE(h, k, t, bias=b, grad_mode="recompute", **blocks, **opts)  # noqa: E731
+        r = lambda h, k, b: CE(h @ k + b, t, **opts)  # noqa: E731
+        return jax.value_and_grad(f, (0, 1, 2))(h, k, b), jax.value_and_grad(r, (0, 1, 2))(h, k, b)
+
+    (v, g), (rv, rg) = run_fast(run, h, k, b)
+    np.testing.assert_allclose(v, rv, rtol=2e-6)
+    for a, r in zip(g, rg, strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_single_position_and_1d_target():
+    """``hidden`` of shape (D,) with a 0-d or (1,) target, as ``cross_entropy``'s (C,)."""
+    h, k = jnp.asarray(H_NP[0, 0], jnp.float32), jnp.asarray(K_NP, jnp.float32)
+    want = CE(h @ k, jnp.asarray(5))
+    for t in (jnp.asarray(5), jnp.asarray([5])):
+        got = LCE(h, k, t, reduction="none")
+        assert got.shape == ()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_semantics_edge_cases():
+    """torch's conventions carried over: all ignored → mean NaN with a zero gradient;
+    out-of-range target → NaN; an ignored row's NaN hidden state does not leak;
+    empty input → mean NaN, sum 0, none empty."""
+    h, k = jnp.asarray(H_NP.reshape(-1, D), jnp.float32), jnp.asarray(K_NP, jnp.float32)
+    n = h.shape[0]
+    all_ignored = jnp.full((n,), -100, jnp.int32)
+    for mode in ("recompute", "forward"):
+        vg = jax.value_and_grad(lambda h, t, m=mode: LCE(h, k, t, grad_mode=m, **SMALL))
+        f = jax.jit(vg).lower(h, all_ignored).compile(FAST)
+        v, g = f(h, all_ignored)
+        assert np.isnan(v) and np.all(g == 0), mode
+
+    bad = jnp.asarray(T_NP.reshape(-1), jnp.int32).at[2].set(V)
+    v, _ = f(h, bad)
+    assert np.isnan(v)
+    per = LCE(h, k, bad, reduction="none", **SMALL)
+    assert np.isnan(per[2]) and np.all(np.isfinite(np.delete(np.asarray(per), 2)))
+
+    t = jnp.asarray(T_NP.reshape(-1), jnp.int32).at[4].set(-100)
+    h_nan = h.at[4].set(jnp.nan)
+    v, g = f(h_nan, t)
+    rv = CE(h @ k, t)
+    np.testing.assert_allclose(v, rv, rtol=1e-6)
+    assert np.all(np.isfinite(g)) and np.all(g[4] == 0)
+
+    empty_h, empty_t = jnp.zeros((0, D), jnp.float32), jnp.zeros((0,), jnp.int32)
+    assert np.isnan(LCE(empty_h, k, empty_t))
+    assert float(LCE(empty_h, k, empty_t, reduction="sum")) == 0.0
+    assert LCE(empty_h, k, empty_t, reduction="none").shape == (0,)
+
+
+def test_checked_raises_on_out_of_range_target():
+    h, k = jnp.asarray(H_NP, jnp.float32), jnp.asarray(K_NP, jnp.float32)
+    t = jnp.asarray(T_NP, jnp.int32).at[1, 2].set(V + 3)
+    with pytest.raises(Exception, match=r"linear_cross_entropy: target value 40 at flattened"):
+        jaxce.checked(LCE)(h, k, t)
+
+
+def test_frozen_inputs_and_forward_mode():
+    """Gradients for a subset of the inputs (a frozen kernel); forward mode is refused."""
+    h, k = jnp.asarray(H_NP, jnp.float32), jnp.asarray(K_NP, jnp.float32)
+    t = jnp.asarray(T_NP, jnp.int32)
+
+    def run(h):
+        want = jax.grad(lambda h: CE(h @ k, t))(h)
+        got = [
+            jax.grad(lambda h, m=mode: LCE(h, k, t, grad_mode=m, **SMALL))(h)
+            for mode in ("forward", "recompute")
+        ]
+        return want, got
+
+    want, got = run_fast(run, h)
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda h: LCE(h, k, t), (h,), (h,))
+
+
+def test_never_materialises_the_logits():
+    """The compiled ``value_and_grad`` holds no ``[N, V]`` array, and its temporary memory
+    is at most 1/16 of the materialised formulation's: with the default blocks, and with
+    ``grad_mode="recompute"`` and blocks of 128 × 512."""
+    n, d, v = 512, 32, 4096
+    h = jnp.ones((n, d), jnp.float32)
+    k = jnp.ones((d, v), jnp.float32)
+    t = jnp.zeros((n,), jnp.int32)
+    cases = {
+        "default": lambda h, k: LCE(h, k, t, label_smoothing=0.1),
+        "recompute": lambda h, k: LCE(
+            h, k, t, label_smoothing=0.1, grad_mode="recompute", token_block=128, vocab_block=512
+        ),
+        "materialised": lambda h, k: CE(h @ k, t, label_smoothing=0.1),
+    }
+    compiled = {
+        name: jax.jit(jax.value_and_grad(f, (0, 1))).lower(h, k).compile()
+        for name, f in cases.items()
+    }
+    temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in compiled.items()}
+    assert temp["materialised"] >= n * v * 4  # the logits themselves, at least
+    for name in ("default", "recompute"):
+        assert temp[name] * 16 <= temp["materialised"], temp
+        assert not re.search(rf"f32\[{n},{v}\]", compiled[name].as_text()), name
+    assert re.search(rf"f32\[{n},{v}\]", compiled["materialised"].as_text())
+
+
+# --------------------------------------------------------------------------- errors
+
+X2 = np.zeros((4, 3), np.float32)
+K2 = np.zeros((3, 5), np.float32)
+T2 = np.zeros((4,), np.int32)
+F4 = np.zeros((4,), np.float32)
+MESH = jax.sharding.AbstractMesh((2, 4), ("data", "vocab"))  # 8 devices, never used to run
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc, pieces",
+    [
+        ((X2, np.zeros((2, 5), np.float32), T2), {}, ValueError, ("`kernel`", "(2, 5)", "(4, 3)")),
+        ((X2, np.zeros((3,), np.float32), T2), {}, ValueError, ("`kernel`", "2-D", "(3,)")),
+        ((X2, K2, np.zeros((3,), np.int32)), {}, ValueError, ("`target`", "(3,)", "(4,)")),
+        ((X2, K2, np.zeros((4,), np.float32)), {}, TypeError, ("`target`", "integer", "float32")),
+        ((X2.astype(np.int32), K2, T2), {}, TypeError, ("`hidden`", "floating", "int32")),
+        ((X2, K2.astype(np.int32), T2), {}, TypeError, ("`kernel`", "floating", "int32")),
+        ((np.zeros((), np.float32), K2, T2), {}, ValueError, ("`hidden`", "0-d")),
+        ((X2, K2, T2), {"bias": F4}, ValueError, ("`bias`", "(5,)", "(4,)")),
+        ((X2, K2, T2), {"weight": F4}, ValueError, ("`weight`", "(4,)")),
+        ((X2, K2, T2), {"token_block": 0}, ValueError, ("`token_block`", "0")),
+        ((X2, K2, T2), {"vocab_block": 2.5}, TypeError, ("`vocab_block`", "2.5")),
+        ((X2, K2, T2), {"grad_mode": "fast"}, ValueError, ("`grad_mode`", "'fast'")),
+        ((X2, K2, T2), {"grad_mode": "forward", "reduction": "none"}, ValueError, ("'none'",)),
+        ((X2, K2, T2), {"reduction": "avg"}, ValueError, ("`reduction`", "'avg'")),
+        ((X2, K2, T2), {"label_smoothing": 1.5}, ValueError, ("`label_smoothing`", "1.5")),
+        ((X2, K2, T2), {"z_loss": -1.0}, ValueError, ("`z_loss`", "-1.0")),
+        ((X2, K2, T2), {"softcap": 0.0}, ValueError, ("`softcap`", "0.0")),
+        ((X2, K2, T2), {"ignore_index": 1.0}, TypeError, ("`ignore_index`", "1.0")),
+        ((X2, K2, T2), {"data_axis": "data"}, ValueError, ("`data_axis`", "mesh")),
+        ((X2, K2, T2), {"vocab_axis": 3}, TypeError, ("`vocab_axis`", "3")),
+        ((X2, K2, T2), {"mesh": MESH}, ValueError, ("`mesh`", "`data_axis`")),
+        ((X2, K2, T2), {"mesh": MESH, "data_axis": "batch"}, ValueError, ("'batch'", "axes")),
+        (
+            (X2, K2, T2),
+            {"mesh": MESH, "data_axis": "data", "vocab_axis": ("vocab", "data")},
+            ValueError,
+            ("`data_axis`", "`vocab_axis`", "share", "'data'"),
+        ),
+        (
+            (X2, K2, T2),
+            {"mesh": MESH, "vocab_axis": "vocab"},
+            ValueError,
+            ("number of classes (5", "divisible", "4 devices"),
+        ),
+        (
+            (X2[:3], K2, T2[:3]),
+            {"mesh": MESH, "data_axis": "data"},
+            ValueError,
+            ("`hidden` axis 0 (size 3)", "divisible", "2 devices"),
+        ),
+    ],
+    ids=lambda p: None,
+)
+def test_errors_name_argument_and_value(args, kwargs, exc, pieces):
+    pattern = "(?s)^linear_cross_entropy: " + "".join(f"(?=.*{re.escape(p)})" for p in pieces)
+    with pytest.raises(exc, match=pattern):
+        LCE(*args, **kwargs)
+    with pytest.raises(exc, match=pattern):  # trace-time only: nothing is executed
+        jax.eval_shape(lambda *a: LCE(*a, **kwargs), *args)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_program_runs(tmp_path):
+    """``benchmarks/bench_linear.py`` on a tiny shape: it runs and writes its tables (the
+    times are not checked; the deviation from the materialised version is)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_linear", bench_dir / "bench_linear.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(bench_dir))
+    out = bench.main(
+        ["--shapes", "64x8x300", "--repeats", "1", "--variants", "auto", "--out", str(tmp_path)]
+    )
+    rows = {r["impl"]: r for r in out["rows"]}
+    assert set(rows) == {"materialised", "fused/auto"}
+    assert rows["fused/auto"]["max_rel_dev"] < 1e-5
+    assert rows["fused/auto"]["temp_ratio"] is not None and rows["fused/auto"]["median_ms"] > 0
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md"]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert len(data["rows"]) == 2
