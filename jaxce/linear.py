@@ -41,7 +41,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
-from jaxce import _checks, checking, rule, sharding
+from jaxce import _checks, _spmd, checking, rule, sharding
 from jaxce.losses import cross_entropy
 
 __all__ = ["linear_cross_entropy"]
@@ -815,7 +815,7 @@ def _linear_impl(
 
     t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
     w = None if weight is None else weight.astype(cdt)
-    w_t = None if w is None else sharding.take(w, t)
+    w_t = None if w is None else _spmd.take(w, t)
     smoothing = not (isinstance(eps, float) and eps == 0.0)
     w_full = w if smoothing else None
     total = None if w_full is None else jnp.sum(w_full)

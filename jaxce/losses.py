@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxce import _checks, checking, rule, softmax
+from jaxce import _checks, _spmd, checking, rule, softmax
 
 __all__ = ["nll_loss", "cross_entropy"]
 
@@ -39,31 +39,19 @@ def _pick(values: jax.Array, t: jax.Array, axis: int) -> jax.Array:
     there a gather cannot be partitioned, so a masked sum over the class axis
     (exact: one term plus zeros) is used instead.
     """
-    if _explicitly_sharded(values):
+    if _spmd.explicitly_sharded(values):
         picked = jnp.where(_onehot(t, values.shape, axis), values, jnp.zeros((), values.dtype))
         return jnp.sum(picked, axis=axis)
     return jnp.squeeze(jnp.take_along_axis(values, jnp.expand_dims(t, axis), axis=axis), axis)
-
-
-def _take(w: jax.Array, t: jax.Array) -> jax.Array:
-    """``w[t]`` for a per-class vector; under explicit sharding the result takes ``t``'s."""
-    if _explicitly_sharded(t) or _explicitly_sharded(w):
-        return w.at[t].get(out_sharding=jax.typeof(t).sharding)
-    return jnp.take(w, t)
 
 
 def _weighted_class_sum(x: jax.Array, w: jax.Array, axis: int) -> jax.Array:
     """``Σ_c w_c·x_c`` along ``axis``: a matrix-vector product (one read of ``x``, and on
     CPU much faster in the backward pass than a broadcast product), except under
     explicit sharding, where a dot over a sharded class axis is ambiguous."""
-    if _explicitly_sharded(x):
+    if _spmd.explicitly_sharded(x):
         return jnp.sum(x * _along(w, axis, x.ndim), axis=axis)
     return jnp.tensordot(x, w, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
-
-
-def _explicitly_sharded(x: jax.Array) -> bool:
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-    return spec is not None and any(part is not None for part in spec)
 
 
 def _softmax_from_shifted(shifted, log_s_k):
@@ -109,7 +97,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         log_s = jnp.squeeze(log_s_k, axis)
         # Picked from x, not from `shifted`, so that `shifted` need not be stored.
         shifted_t = (_pick(x, t, axis) - jnp.squeeze(m, axis)).astype(cdt)
-        w_t = None if w is None else _take(w, t)
+        w_t = None if w is None else _spmd.take(w, t)
         wsh, total_weight = None, num_classes
         if smoothing:
             # Σ_c w_c·(x_c - m) as Σ_c w_c·x_c - m·W: reading x, not `shifted`, lets the
@@ -167,7 +155,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
                 wt_lse = jnp.where(ok, lse if w is None else w_t * lse, zero)
                 dz = 2 * z_loss * wt_lse * big_s
         if w is not None and not _is_zero(dw):
-            dw_t = _take(dw, t)
+            dw_t = _spmd.take(dw, t)
             dnll = dnll + rule.weighted_nll(jnp.where(ok, shifted_t - log_s, zero), dw_t)
             if smoothing:
                 safe = jnp.where(ok_k, shifted, zero)
@@ -268,7 +256,7 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
     # Cleaned where not used, so a -inf there cannot turn a zero cotangent into NaN.
     picked = jnp.where(valid & ~bad, _pick(log_probs, t, axis).astype(cdt), jnp.zeros((), cdt))
-    w_t = None if weight is None else _take(weight.astype(cdt), t)
+    w_t = None if weight is None else _spmd.take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
     denom = _denominator(valid, w_t, reduction, cdt)
     return rule.reduce_terms(
@@ -333,7 +321,7 @@ def _cross_entropy_impl(
     terms = kernel(x, t, valid, bad, w)
     return rule.reduce_terms(
         terms,
-        _denominator(valid, None if w is None else _take(w, t), reduction, cdt),
+        _denominator(valid, None if w is None else _spmd.take(w, t), reduction, cdt),
         reduction,
         eps,
         num_classes,

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, PartitionSpec
 
+from jaxce._spmd import explicit_spec as _spec_of
+
 __all__: list[str] = []
 
 
@@ -59,16 +61,6 @@ def _flat_axes(entries) -> tuple:
             continue
         out.extend(e if isinstance(e, tuple) else (e,))
     return tuple(out)
-
-
-def _spec_of(x) -> tuple | None:
-    """The explicit sharding spec of ``x``'s type (None when not explicitly sharded)."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    if spec is None:
-        return None
-    spec = tuple(spec) + (None,) * (x.ndim - len(tuple(spec)))
-    return spec if any(e is not None for e in spec) else None
 
 
 def _normalize_name(fn: str, name: str, value: Any):
@@ -205,17 +197,6 @@ def vocab_offset(layout: Layout | None, v_local: int) -> jax.Array | int:
     if layout is None or layout.vocab is None:
         return 0
     return lax.axis_index(layout.vocab) * v_local
-
-
-def take(w: jax.Array, t: jax.Array) -> jax.Array:
-    """``w[t]`` for a per-class vector ``w`` and integer positions ``t``.
-
-    Under explicit sharding (of either) a gather's output sharding must be stated:
-    it takes ``t``'s (a vocab-sharded ``w`` is gathered whole, ``V`` numbers).
-    """
-    if _spec_of(t) is not None or _spec_of(w) is not None:
-        return w.at[t].get(out_sharding=jax.typeof(t).sharding)
-    return jnp.take(w, t)
 
 
 def psum(x, axes: tuple):
