@@ -87,8 +87,10 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
     With ``p = softmax(x)``, ``S = Σ_c p_c·dx_c``, ``T = dx_t`` and ``U = Σ_c w_c·dx_c``,
     the tangents are ``dnll = w_t·(S - T)``, ``dsmooth = W·S - U`` and
     ``dz = 2·z·w_t·lse·S``. Transposed (reverse mode) that is one fused
-    elementwise pass over ``x``: nothing of size ``[N, C]`` is stored, only the
-    per-row ``log_s``. Being a JVP, forward mode and higher orders work as well.
+    elementwise pass; its only ``[N, C]`` input besides ``x`` is the forward's
+    ``exp(x - m)``, which XLA keeps in the gradient's own buffer (see
+    :func:`_softmax_from_shifted`). Being a JVP, forward mode and higher orders
+    work as well.
     """
 
     def primal(x, t, valid, bad, w):
@@ -103,7 +105,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             # Σ_c w_c·(x_c - m) as Σ_c w_c·x_c - m·W: reading x, not `shifted`, lets the
             # sum run beside the exp-sum without storing `shifted` (XLA on CPU would).
             # Its rounding error (relative to Σ|w·x|) is small against the smoothing
-            # term, which is at least log_s·W and at least |wsh|.
+            # term, which for non-negative weights is at least log_s·W and |wsh|.
             xc = x.astype(cdt)
             if w is None:
                 total_weight, wx = num_classes, jnp.sum(xc, axis=axis)
