@@ -80,7 +80,9 @@ def _logsumexp(x, where, *, axes):
 
 
 def _prepare(fn: str, x, axis, where):
+    """Validated ``(x, axes, where, shape)``; a 0-d ``x`` comes back as shape ``(1,)``."""
     x = _checks.as_array(fn, "x", x, floating=True)
+    shape = x.shape
     if x.ndim == 0:
         # As torch: a 0-d input is a single class along axis 0 (or -1).
         axes = axis if isinstance(axis, tuple) else (axis,)
@@ -112,7 +114,7 @@ def _prepare(fn: str, x, axis, where):
                 f"{tuple(x.shape)}"
             ) from None
         where = jnp.broadcast_to(where, x.shape)
-    return x, axes, where
+    return x, axes, where, shape
 
 
 def log_softmax(x, axis=-1, *, where=None):
@@ -140,8 +142,7 @@ def log_softmax(x, axis=-1, *, where=None):
       >>> jaxce.log_softmax(jnp.array([0.0, -jnp.inf, 1.0]))
       Array([-1.3132616 ,        -inf, -0.31326163], dtype=float32)
     """
-    shape = jnp.shape(x)
-    x, axes, where = _prepare("log_softmax", x, axis, where)
+    x, axes, where, shape = _prepare("log_softmax", x, axis, where)
     return _log_softmax(x, where, axes=axes).reshape(shape)
 
 
@@ -165,8 +166,7 @@ def softmax(x, axis=-1, *, where=None):
       >>> jaxce.softmax(jnp.array([[1.2, -0.5, 0.8, 2.1]]))
       Array([[0.23187836, 0.04236035, 0.1554327 , 0.57032865]], dtype=float32)
     """
-    shape = jnp.shape(x)
-    x, axes, where = _prepare("softmax", x, axis, where)
+    x, axes, where, shape = _prepare("softmax", x, axis, where)
     return _softmax(x, where, axes=axes).reshape(shape)
 
 
@@ -189,5 +189,5 @@ def logsumexp(x, axis=-1, *, where=None):
       >>> jaxce.logsumexp(jnp.array([1000.0, 1000.0]))
       Array(1000.6932, dtype=float32)
     """
-    x, axes, where = _prepare("logsumexp", x, axis, where)
+    x, axes, where, _ = _prepare("logsumexp", x, axis, where)
     return _logsumexp(x, where, axes=axes)
