@@ -3,9 +3,8 @@
 from jaxce.checking import check_targets, checked
 from jaxce.criteria import CrossEntropyLoss, NLLLoss
 
-# `jaxce.evaluate` is the function (as `jaxce.softmax` is); jaxce/evaluate.py imports Flax
-# only when it is called, so this import stays cheap.
-from jaxce.evaluate import evaluate
+# jaxce/evaluation.py imports Flax only when `evaluate` is called, so this import stays cheap.
+from jaxce.evaluation import evaluate
 from jaxce.linear import linear_cross_entropy
 from jaxce.losses import cross_entropy, nll_loss
 from jaxce.softmax import log_softmax, logsumexp, softmax

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxce.evaluate import EvalReport, evaluate
+from jaxce.evaluation import EvalReport, evaluate
 from jaxce.losses import cross_entropy
 from jaxce.models import Ensemble, SmallNet
 
@@ -158,7 +158,7 @@ class TrainResult:
       model: the trained model (the one passed in, updated in place).
       history: one dict per epoch: ``epoch``, ``loss`` and ``accuracy`` on the
         training data, and ``test_loss``/``test_accuracy`` on epochs that were evaluated.
-      report: the :class:`~jaxce.evaluate.EvalReport` of the last evaluation, or None.
+      report: the :class:`~jaxce.evaluation.EvalReport` of the last evaluation, or None.
 
     Examples:
       >>> from jaxce.train import TrainResult

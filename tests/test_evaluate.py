@@ -10,7 +10,7 @@ from flax import nnx
 import jaxce
 from jaxce import evaluate as evaluate_fn
 from jaxce.data import load_dataset
-from jaxce.evaluate import _eval_batch, expected_calibration_error, per_example_grads
+from jaxce.evaluation import _eval_batch, expected_calibration_error, per_example_grads
 from jaxce.models import Ensemble, SmallNet, to_state_dict
 
 

@@ -8,7 +8,7 @@ size. Inside a batch the model runs per example under ``jax.vmap`` (and, for an
 :class:`~jaxce.models.Ensemble`, under a second ``vmap`` over its members).
 
 ``jaxce.evaluate`` is the function :func:`evaluate`; import the other names
-from this module (``from jaxce.evaluate import per_example_grads``).
+from this module (``from jaxce.evaluation import per_example_grads``).
 This module imports Flax only when it is called, so ``import jaxce`` stays cheap.
 """
 
@@ -234,7 +234,7 @@ def expected_calibration_error(probabilities: Any, labels: Any, *, num_bins: int
 
     Examples:
       >>> import numpy as np
-      >>> from jaxce.evaluate import expected_calibration_error
+      >>> from jaxce.evaluation import expected_calibration_error
       >>> p = np.array([[0.9, 0.1], [0.6, 0.4]]); y = np.array([0, 1])
       >>> round(expected_calibration_error(p, y, num_bins=10), 6)  # (|1-0.9| + |0-0.6|) / 2
       0.35
@@ -434,7 +434,7 @@ def per_example_grads(
       >>> import numpy as np
       >>> from flax import nnx
       >>> from jaxce.models import SmallNet
-      >>> from jaxce.evaluate import per_example_grads
+      >>> from jaxce.evaluation import per_example_grads
       >>> g = per_example_grads(SmallNet(rngs=nnx.Rngs(0)), np.ones((4, 10), np.float32),
       ...                       np.array([0, 1, 2, 0], np.int32))
       >>> g["fc1"]["kernel"].shape
