@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxce.data import load_dataset
-from jaxce.evaluate import _eval_batch, _split_model
+from jaxce.evaluation import _eval_batch, _split_model
 from jaxce.models import Ensemble, SmallNet
 from jaxce.train import default_optimizer, make_train_step
 
