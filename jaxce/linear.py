@@ -848,11 +848,7 @@ def _linear_impl(
     eps_arg = None if isinstance(eps, float) else eps
     out = f(hidden, kernel, bias, w_full, w_t, total, eps_arg, t, valid, bad)
     if reduction == "mean":
-        if w is None:
-            denom = jnp.sum(valid, dtype=jnp.int32).astype(cdt)
-        else:
-            denom = jnp.sum(rule.denominator(valid, w_t, cdt))
-        out = out / denom
+        out = out / rule.mean_denominator(valid, w_t, cdt)
     return out.astype(out_dtype)
 
 

@@ -260,7 +260,7 @@ def _nll_impl(log_probs, target, weight, *, axis, ignore_index, reduction, fn, c
     picked = jnp.where(valid & ~bad, _pick(log_probs, t, axis).astype(cdt), jnp.zeros((), cdt))
     w_t = None if weight is None else _spmd.take(weight.astype(cdt), t)
     nll = rule.finalize(rule.weighted_nll(picked, w_t), valid, bad)
-    denom = _denominator(valid, w_t, reduction, cdt)
+    denom = rule.mean_denominator(valid, w_t, cdt) if reduction == "mean" else None
     return rule.reduce_terms(
         rule.Terms(nll, None, None), denom, reduction, 0.0, num_classes
     ).astype(out_dtype)
@@ -321,20 +321,10 @@ def _cross_entropy_impl(
     smoothing = not (isinstance(eps, float) and eps == 0.0)
     kernel = _class_index_kernel(axis, smoothing, z_loss, cdt)
     terms = kernel(x, t, valid, bad, w)
-    return rule.reduce_terms(
-        terms,
-        _denominator(valid, None if w is None else _spmd.take(w, t), reduction, cdt),
-        reduction,
-        eps,
-        num_classes,
-    ).astype(out_dtype)
-
-
-def _denominator(valid, w_t, reduction, cdt):
-    """Per-position ``w_t`` (valid only), or for an unweighted mean the exact count."""
-    if reduction == "mean" and w_t is None:
-        return jnp.sum(valid, dtype=jnp.int32).astype(cdt)  # an exact count, rounded once
-    return rule.denominator(valid, w_t, cdt)
+    denom = None
+    if reduction == "mean":
+        denom = rule.mean_denominator(valid, None if w is None else _spmd.take(w, t), cdt)
+    return rule.reduce_terms(terms, denom, reduction, eps, num_classes).astype(out_dtype)
 
 
 def _result_dtype(*arrays) -> np.dtype:

@@ -166,13 +166,13 @@ def finalize_terms(terms: Terms, valid, bad) -> Terms:
 
 def reduce_terms(terms: Terms, denom, reduction: str, eps, num_classes: int):
     """torch's reductions: ``none``/``sum`` combine then reduce; ``mean`` divides each
-    term's sum by ``D = Σ denom`` before combining (0/0 stays NaN, as in torch)."""
+    term's sum by ``denom`` (:func:`mean_denominator`) before combining (0/0 stays
+    NaN, as in torch). ``denom`` is only read for ``mean``."""
     if reduction == "none":
         return combine_terms(terms, eps, num_classes)
     sums = Terms(*(None if v is None else jnp.sum(v) for v in terms))
     if reduction == "mean":
-        d = jnp.sum(denom)
-        sums = Terms(*(None if v is None else v / d for v in sums))
+        sums = Terms(*(None if v is None else v / denom for v in sums))
     return combine_terms(sums, eps, num_classes)
 
 
@@ -182,11 +182,12 @@ def finalize(loss, valid, bad):
     return jnp.where(bad, jnp.full((), jnp.nan, loss.dtype), loss)
 
 
-def denominator(valid, w_t, dtype):
-    """Per-position share of torch's ``mean`` denominator: ``w_t``, or 1, where valid."""
+def mean_denominator(valid, w_t, dtype):
+    """torch's ``mean`` denominator ``D``: ``Σ w_t`` over valid positions, or without
+    weights their exact count (an integer sum, rounded once to ``dtype``)."""
     if w_t is None:
-        return valid.astype(dtype)
-    return jnp.where(valid, w_t, jnp.zeros((), dtype))
+        return jnp.sum(valid, dtype=jnp.int32).astype(dtype)
+    return jnp.sum(jnp.where(valid, w_t, jnp.zeros((), dtype)))
 
 
 def smooth_probabilities(probs, eps, num_classes: int):
