@@ -80,6 +80,9 @@ class _Cfg(NamedTuple):
     cdt: Any
     mdt: Any  # dtype the logits matmul reads its operands in
     layout: sharding.Layout | None
+    # `mean` with label smoothing or z-loss: also sum the rule's terms apart, so that a
+    # zero denominator gives torch's value (see `_linear_impl`).
+    split_terms: bool = False
 
     @property
     def nt(self) -> int:
@@ -238,18 +241,38 @@ def _block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False):
 
 
 def _row_loss(st: _Stats, w_t, total_weight, eps, valid, bad, cfg):
-    loss = rule.class_index_loss(
+    """``(loss, terms)`` per token: the combined loss, and the block's sums of the rule's
+    terms (:class:`rule.Terms`, 0-d) when ``cfg.split_terms``, else None."""
+    terms = rule.class_index_terms(
         shifted_t=st.shifted_t,
         log_s=st.log_s,
         lse=st.m + st.log_s,
         wsh=st.wsh,
         w_t=w_t,
         total_weight=cfg.num_classes if total_weight is None else total_weight,
-        eps=eps,
-        num_classes=cfg.num_classes,
         z_loss=cfg.z_loss,
     )
-    return rule.finalize(loss, valid, bad)
+    loss = rule.finalize(rule.combine_terms(terms, eps, cfg.num_classes), valid, bad)
+    if not cfg.split_terms:
+        return loss, None
+    return loss, _sum_terms(rule.finalize_terms(terms, valid, bad))
+
+
+def _sum_terms(terms):
+    return rule.Terms(*(None if v is None else jnp.sum(v) for v in terms))
+
+
+def _add_terms(acc, terms):
+    if acc is None:
+        return None
+    return rule.Terms(*(None if a is None else a + b for a, b in zip(acc, terms, strict=True)))
+
+
+def _zero_terms(cfg):
+    if not cfg.split_terms:
+        return None
+    z = _zero(cfg)
+    return rule.Terms(z, z if cfg.smoothing else None, z if cfg.z_loss else None)
 
 
 class _RowGrads(NamedTuple):
@@ -429,16 +452,17 @@ def _forward_values(cfg, a: dict, with_stats: bool):
     """Per-token losses (and their statistics, for the backward pass)."""
     n = cfg.n
     vec = jnp.zeros((n,), cfg.cdt)
-    init = (vec, (vec, vec, vec, vec if cfg.smoothing else None) if with_stats else None)
+    stats0 = (vec, vec, vec, vec if cfg.smoothing else None) if with_stats else None
+    init = (vec, _zero_terms(cfg), stats0)
     rows_in = {k: a[k] for k in ("hidden", "t", "valid", "bad", "w_t")}
 
     def body(b, carry):
-        loss, stats = carry
+        loss, terms, stats = carry
         start, new = _row_block(b, cfg)
         r = _rows(rows_in, start, cfg)
         t_b = _local_target(r["t"], cfg)
         st, _ = _block_stats(r["hidden"], t_b, a["kernel"], a["bias"], a["weight"], cfg)
-        loss_b = _row_loss(
+        loss_b, terms_b = _row_loss(
             st, r["w_t"], a["total"], _eps(cfg, a), r["valid"] & new, r["bad"] & new, cfg
         )
         loss = _write_rows(loss, loss_b, new, start)
@@ -447,10 +471,10 @@ def _forward_values(cfg, a: dict, with_stats: bool):
                 None if s is None else _write_rows(s, v, new, start)
                 for s, v in zip(stats, st, strict=True)
             )
-        return loss, stats
+        return loss, _add_terms(terms, terms_b), stats
 
-    loss, stats = _token_loop(cfg, body, init)
-    return loss, (None if stats is None else _Stats(*stats))
+    loss, terms, stats = _token_loop(cfg, body, init)
+    return loss, terms, (None if stats is None else _Stats(*stats))
 
 
 def _empty_acc(cfg, need):
@@ -466,14 +490,14 @@ def _gradient_sweep(cfg, need, a: dict):
     """Gradients of ``Σ_i r_i·loss_i`` token block by token block, with ``r = a["r"]``
     (1 on every counted token when None). The statistics are ``a["m"]`` etc. when saved
     by the forward pass; otherwise they are computed here, with the losses (whose sum is
-    returned). Returns ``(loss_sum, dh, acc, d_w_t, d_total, d_eps)``."""
+    returned). Returns ``((loss_sum, term_sums), dh, acc, d_w_t, d_total, d_eps)``."""
     n, cdt = cfg.n, cfg.cdt
     zero = _zero(cfg)
     saved = a["m"] is not None
     keys = ("hidden", "t", "valid", "bad", "w_t", "r", "m", "log_s", "shifted_t", "wsh")
     rows_in = {k: a[k] for k in keys}
     init = (
-        zero,
+        (zero, _zero_terms(cfg)),
         jnp.zeros((n, cfg.d), cdt) if need.hidden else None,
         _empty_acc(cfg, need),
         jnp.zeros((n,), cdt) if need.w_t else None,
@@ -495,8 +519,8 @@ def _gradient_sweep(cfg, need, a: dict):
             st, x = _block_stats(
                 r["hidden"], t_b, a["kernel"], a["bias"], a["weight"], cfg, full=True
             )
-            loss_b = _row_loss(st, r["w_t"], a["total"], _eps(cfg, a), valid, bad, cfg)
-            loss_sum = loss_sum + jnp.sum(loss_b)
+            loss_b, terms_b = _row_loss(st, r["w_t"], a["total"], _eps(cfg, a), valid, bad, cfg)
+            loss_sum = (loss_sum[0] + jnp.sum(loss_b), _add_terms(loss_sum[1], terms_b))
         cot = ok.astype(cdt) if r["r"] is None else r["r"]
         rg = _row_grads(st, cot, ok, r["w_t"], a["total"], _eps(cfg, a), need, cfg)
         dh_b, acc = _block_grads(
@@ -599,16 +623,18 @@ def _axes(cfg):
 
 
 def _values(cfg, per_row: bool, args: dict, with_stats: bool):
-    """The losses (per token, or their sum) and, optionally, the saved statistics."""
+    """``((out, term_sums), stats)``: the losses (per token, or their sum), the sums of
+    the rule's terms when ``cfg.split_terms`` (else None) and, optionally, the saved
+    statistics."""
     data_axes, _ = _axes(cfg)
 
     def fn(a, lead):
-        loss, stats = _forward_values(cfg, a, with_stats)
+        loss, terms, stats = _forward_values(cfg, a, with_stats)
         out = loss.reshape(lead) if per_row else sharding.psum(jnp.sum(loss), data_axes)
         if stats is not None:
             pairs = zip(_STATS, stats, strict=True)
             stats = {k: s.reshape(lead) for k, s in pairs if s is not None}
-        return out, stats
+        return (out, _psum_terms(terms, data_axes)), stats
 
     if cfg.layout is None:
         return _on_devices(cfg, fn, args, None)
@@ -616,15 +642,28 @@ def _values(cfg, per_row: bool, args: dict, with_stats: bool):
     stat_specs = None
     if with_stats:
         stat_specs = {k: row for k in _STATS if k != "wsh" or cfg.smoothing}
-    return _on_devices(cfg, fn, args, (row if per_row else P(), stat_specs))
+    out_spec = (row if per_row else P(), _terms_spec(cfg))
+    return _on_devices(cfg, fn, args, (out_spec, stat_specs))
+
+
+def _psum_terms(terms, axes):
+    if terms is None:
+        return None
+    return rule.Terms(*(None if v is None else sharding.psum(v, axes) for v in terms))
+
+
+def _terms_spec(cfg):
+    t = _zero_terms(cfg)
+    return None if t is None else rule.Terms(*(None if v is None else P() for v in t))
 
 
 def _sweep(cfg, need: _Need, args: dict):
-    """``(loss_sum, grads)`` from :func:`_gradient_sweep`, reduced across devices."""
+    """``((loss_sum, term_sums), grads)`` from :func:`_gradient_sweep`, reduced across
+    devices."""
     data_axes, vocab_axes = _axes(cfg)
 
     def fn(a, lead):
-        loss_sum, dh, acc, d_w_t, d_total, d_eps = _gradient_sweep(cfg, need, a)
+        (loss_sum, terms), dh, acc, d_w_t, d_total, d_eps = _gradient_sweep(cfg, need, a)
         g = {}
         if need.hidden:
             g["hidden"] = sharding.psum(dh, vocab_axes).reshape(lead + (cfg.d,))
@@ -640,7 +679,7 @@ def _sweep(cfg, need: _Need, args: dict):
             g["total"] = sharding.psum(d_total, data_axes)
         if need.eps:
             g["eps"] = sharding.psum(d_eps, data_axes)
-        return sharding.psum(loss_sum, data_axes), g
+        return (sharding.psum(loss_sum, data_axes), _psum_terms(terms, data_axes)), g
 
     if cfg.layout is None:
         return _on_devices(cfg, fn, args, None)
@@ -648,16 +687,17 @@ def _sweep(cfg, need: _Need, args: dict):
     keys = [k for k in _DIFF if getattr(need, _NEED_KEY[k])]
     if "weight" in keys and not cfg.smoothing:
         keys.remove("weight")
-    return _on_devices(cfg, fn, args, (P(), {k: table[k] for k in keys}))
+    return _on_devices(cfg, fn, args, ((P(), _terms_spec(cfg)), {k: table[k] for k in keys}))
 
 
 @functools.cache
 def _fused(cfg: _Cfg, per_row: bool, mode: str):
     """The fused loss, a ``custom_vjp`` function of the arrays named in ``_ARGS``.
 
-    Returns per-token losses shaped like ``hidden[..., 0]`` (``per_row``), or their sum.
-    ``mode`` is ``"recompute"`` or ``"forward"`` (gradients during the forward pass;
-    sums only).
+    Returns ``(out, term_sums)``: per-token losses shaped like ``hidden[..., 0]``
+    (``per_row``) or their sum, and the sums of the rule's terms when
+    ``cfg.split_terms`` (else None; never differentiated). ``mode`` is ``"recompute"``
+    or ``"forward"`` (gradients during the forward pass; sums only).
     """
 
     def primal(*arrays):
@@ -676,9 +716,10 @@ def _fused(cfg: _Cfg, per_row: bool, mode: str):
         loss, grads = _sweep(cfg, need, args)
         return loss, (flags, args, grads)
 
-    def bwd(res, ct):
+    def bwd(res, cts):
         flags, args, extra = res
         need = _Need(*(x is not None for x in flags))
+        ct = cts[0]  # the term sums are only read for their value (see `_linear_impl`)
         if isinstance(ct, SymbolicZero):
             return (None,) * len(_ARGS)
         if mode == "recompute":
@@ -843,12 +884,21 @@ def _linear_impl(
         cdt=cdt,
         mdt=mdt,
         layout=layout,
+        split_terms=reduction == "mean" and (smoothing or bool(z_loss)),
     )
     f = _fused(cfg, per_row, mode)
     eps_arg = None if isinstance(eps, float) else eps
-    out = f(hidden, kernel, bias, w_full, w_t, total, eps_arg, t, valid, bad)
+    out, term_sums = f(hidden, kernel, bias, w_full, w_t, total, eps_arg, t, valid, bad)
     if reduction == "mean":
-        out = out / rule.mean_denominator(valid, w_t, cdt)
+        denom = rule.mean_denominator(valid, w_t, cdt)
+        out = out / denom
+        if term_sums is not None:
+            # torch divides each term's sum by D before combining them: with D = 0 a zero
+            # sum (or two of opposite signs) gives NaN where the combined sum over D gives
+            # ±inf. Otherwise the two agree, and the value of `out` is kept as it is.
+            means = rule.Terms(*(None if v is None else v / denom for v in term_sums))
+            exact = lax.stop_gradient(rule.combine_terms(means, eps, num_classes))
+            out = out + jnp.where(jnp.isnan(exact), jnp.nan, 0.0).astype(cdt)
     return out.astype(out_dtype)
 
 
@@ -920,7 +970,7 @@ def linear_cross_entropy(
         Liger-Kernel's approach, about ``6·N·D·V`` flops) or ``"auto"``:
         ``"forward"`` for ``sum``/``mean`` when its token block has at least 256
         tokens (``N ≥ 4096`` with the default), else ``"recompute"`` (measured on
-        CPU; see README_LARGE_VOCAB.md). A call that is not differentiated never
+        CPU; see the README, "Large vocabularies"). A call that is not differentiated never
         computes gradients.
       data_axis: mesh axis name (or tuple of names) over which ``hidden``'s first
         axis (and ``target``'s) is sharded (data parallelism).

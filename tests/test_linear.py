@@ -327,6 +327,34 @@ def test_semantics_edge_cases():
     assert LCE(empty_h, k, empty_t, reduction="none").shape == (0,)
 
 
+@pytest.mark.parametrize(
+    "opts", [{"label_smoothing": 0.1}, {"z_loss": 1e-2}, {"label_smoothing": 0.2, "z_loss": 1e-2}]
+)
+def test_mean_with_zero_denominator_matches_cross_entropy(opts):
+    """``mean`` whose denominator ``Σ w_t`` is 0 while the smoothing or z-loss sum is
+    not: torch divides each term's sum apart, so 0/0 in the nll term makes the loss NaN
+    (not the ±inf of the combined sum over 0), in both gradient schedules. The
+    gradients are non-finite at the same entries (±inf here where torch has NaN: the
+    fused gradient is of the combined loss)."""
+    h, k = jnp.asarray(H_NP.reshape(-1, D), jnp.float32), jnp.asarray(K_NP, jnp.float32)
+    t = jnp.asarray(T_NP.reshape(-1), jnp.int32)
+    w = jnp.ones((V,), jnp.float32).at[t].set(0.0)  # every target's weight is 0
+    want = CE(h @ k, t, weight=w, **opts)
+    assert np.isnan(want)
+    for mode in ("recompute", "forward"):
+        got = LCE(h, k, t, weight=w, grad_mode=mode, **SMALL, **opts)
+        assert np.isnan(got), (mode, float(got))
+        g = jax.grad(lambda h, m=mode: LCE(h, k, t, weight=w, grad_mode=m, **SMALL, **opts))(h)
+        g_ref = jax.grad(lambda h: CE(h @ k, t, weight=w, **opts))(h)
+        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(g_ref))
+        assert not np.all(np.isfinite(g))
+    # A nonzero denominator is untouched by the degenerate-case correction.
+    w2 = w.at[t[0]].set(1.5)
+    np.testing.assert_allclose(
+        LCE(h, k, t, weight=w2, **SMALL, **opts), CE(h @ k, t, weight=w2, **opts), rtol=2e-6
+    )
+
+
 def test_checked_raises_on_out_of_range_target():
     h, k = jnp.asarray(H_NP, jnp.float32), jnp.asarray(K_NP, jnp.float32)
     t = jnp.asarray(T_NP, jnp.int32).at[1, 2].set(V + 3)
