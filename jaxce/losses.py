@@ -45,13 +45,31 @@ def _pick(values: jax.Array, t: jax.Array, axis: int) -> jax.Array:
     return jnp.squeeze(jnp.take_along_axis(values, jnp.expand_dims(t, axis), axis=axis), axis)
 
 
+def _bfloat16_parts(w: jax.Array) -> jax.Array:
+    """``(C, 3)`` bfloat16 parts of a float32 ``w`` whose sum is ``w`` (8 bits each)."""
+    hi = w.astype(jnp.bfloat16)
+    rest = w - hi.astype(w.dtype)
+    mid = rest.astype(jnp.bfloat16)
+    lo = (rest - mid.astype(w.dtype)).astype(jnp.bfloat16)
+    return jnp.stack([hi, mid, lo], axis=1)
+
+
 def _weighted_class_sum(x: jax.Array, w: jax.Array, axis: int) -> jax.Array:
-    """``Σ_c w_c·x_c`` along ``axis``: a matrix-vector product (one read of ``x``, and on
-    CPU much faster in the backward pass than a broadcast product), except under
-    explicit sharding, where a dot over a sharded class axis is ambiguous."""
+    """``Σ_c w_c·x_c`` along ``axis``, in ``w``'s dtype.
+
+    A matrix-vector product (one read of ``x``, and on CPU much faster in the
+    backward pass than a broadcast product), except under explicit sharding, where a
+    dot over a sharded class axis is ambiguous. A bfloat16 ``x`` is not converted
+    (XLA would store a float32 copy of it): it is multiplied by the three bfloat16
+    parts of a float32 ``w``, whose products are exact in float32.
+    """
     if _spmd.explicitly_sharded(x):
-        return jnp.sum(x * _along(w, axis, x.ndim), axis=axis)
-    return jnp.tensordot(x, w, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
+        return jnp.sum(x.astype(w.dtype) * _along(w, axis, x.ndim), axis=axis)
+    if x.dtype == jnp.bfloat16 and w.dtype == jnp.float32:
+        dims = (((axis,), (0,)), ((), ()))
+        parts = lax.dot_general(x, _bfloat16_parts(w), dims, preferred_element_type=w.dtype)
+        return jnp.sum(parts, axis=-1)
+    return jnp.tensordot(x.astype(w.dtype), w, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
 
 
 def _softmax_from_shifted(shifted, log_s_k):
@@ -72,9 +90,12 @@ def _is_zero(tangent) -> bool:
 def _stats(x, axis, cdt):
     """``shifted = x - m``, ``log_s`` and ``m`` (keepdims), and ``lse``.
 
-    Computed in ``x``'s dtype, then cast to ``cdt``; ``m`` stays in ``x``'s dtype.
+    Computed in ``x``'s compute dtype (float32 for half precision; ``x`` is passed
+    unconverted, so that no converted copy of it is stored), then cast to ``cdt``;
+    ``m`` stays in the compute dtype.
     """
-    shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None)
+    xdt = _checks.compute_dtype(x.dtype)
+    shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None, dtype=xdt)
     log_s = jnp.log(s)
     lse = jnp.squeeze(m + log_s, axis).astype(cdt)
     return shifted.astype(cdt), log_s.astype(cdt), m, lse
@@ -98,7 +119,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         shifted, log_s_k, m, lse = _stats(x, axis, cdt)
         log_s = jnp.squeeze(log_s_k, axis)
         # Picked from x, not from `shifted`, so that `shifted` need not be stored.
-        shifted_t = (_pick(x, t, axis) - jnp.squeeze(m, axis)).astype(cdt)
+        shifted_t = (_pick(x, t, axis).astype(m.dtype) - jnp.squeeze(m, axis)).astype(cdt)
         w_t = None if w is None else _spmd.take(w, t)
         wsh, total_weight = None, num_classes
         if smoothing:
@@ -106,12 +127,11 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             # sum run beside the exp-sum without storing `shifted` (XLA on CPU would).
             # Its rounding error (relative to Σ|w·x|) is small against the smoothing
             # term, which for non-negative weights is at least log_s·W and |wsh|.
-            xc = x.astype(cdt)
             if w is None:
-                total_weight, wx = num_classes, jnp.sum(xc, axis=axis)
+                total_weight, wx = num_classes, jnp.sum(x.astype(cdt), axis=axis)
             else:
                 total_weight = jnp.sum(w)
-                wx = _weighted_class_sum(xc, w, axis)
+                wx = _weighted_class_sum(x, w, axis)
             wsh = wx - jnp.squeeze(m, axis).astype(cdt) * total_weight
         terms = rule.class_index_terms(
             shifted_t=shifted_t,
@@ -299,10 +319,13 @@ def _cross_entropy_impl(
     num_classes = logits.shape[axis]
     cdt = _checks.compute_dtype(out_dtype)
     eps = static_eps if dynamic_eps is None else dynamic_eps.astype(cdt)
-    x = logits.astype(_checks.compute_dtype(logits.dtype))
+    # The kernels take the logits unconverted (a half-precision input is read as it is
+    # and computed in float32; see `_stats`), unless a softcap computes new ones.
+    x = logits
     w = None if weight is None else weight.astype(cdt)
     if probabilities:
         if softcap is not None:
+            x = x.astype(_checks.compute_dtype(x.dtype))
             x = softcap * jnp.tanh(x / softcap)
         kernel = _probability_kernel(axis, z_loss, cdt)
         per_position = kernel(x, target.astype(cdt), w, eps)
@@ -316,6 +339,7 @@ def _cross_entropy_impl(
     if softcap is not None:
         # Ignored rows are cleaned first: tanh's derivative at NaN would leak into
         # their (zero) gradient. The kernel itself needs no cleaning.
+        x = x.astype(_checks.compute_dtype(x.dtype))
         x = jnp.where(jnp.expand_dims(valid, axis), x, jnp.zeros((), x.dtype))
         x = softcap * jnp.tanh(x / softcap)
     smoothing = not (isinstance(eps, float) and eps == 0.0)

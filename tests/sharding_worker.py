@@ -32,7 +32,12 @@ CHECKS = [
     "lce-none-2d-explicit",
     "lce-forward-2d-auto",
     "lce-gspmd-only-2d-auto",
+    "ce-long-rows-vocab-auto",
+    "ce-long-rows-2d-auto",
 ]
+# Rows longer than XLA:CPU's fast reduction length, which one CPU device sums in chunks
+# (a reshape that would make GSPMD gather class-sharded logits).
+N_LONG, V_LONG = 16, 65536
 
 
 def main() -> None:
@@ -166,6 +171,23 @@ def main() -> None:
             # it here also shows that `bad_collectives` does detect such gathers.
             assert any(f"[{D},{V}]" in line for line in bad), bad
 
+    def check_ce_long_rows(layout):
+        x_np = rng.normal(size=(N_LONG, V_LONG)).astype(np.float32)
+        t_long = rng.integers(0, V_LONG, size=N_LONG).astype(np.int32)
+        fn = jax.value_and_grad(lambda x, t: jaxce.cross_entropy(x, t, label_smoothing=0.1))
+        want = run(fn, x_np, t_long)[0]
+        data, vocab = specs(layout)
+        with jax.set_mesh(meshes(layout, "auto")):
+            x = jax.device_put(x_np, P(data, vocab))
+            out, hlo = run(fn, x, jax.device_put(t_long, P(data)))
+        compare(out, want, 2e-6, 2e-6, "ce-long-rows")
+        gathers = [
+            line.strip()[:160]
+            for line in hlo.splitlines()
+            if re.search(r"(all-gather|all-to-all)\(", line) and str(V_LONG) in line
+        ]
+        assert not gathers, f"gathers of the logits: {gathers}"
+
     checks = {}
     for layout, at in itertools.product(LAYOUTS, AXIS_TYPES):
         # A vocab-sharded weight with replicated targets under explicit axes needs the
@@ -178,6 +200,8 @@ def main() -> None:
     checks["lce-forward-2d-auto"] = (check_lce, ("2d", "auto"), {"mode": "forward"})
     # Without data_axis/vocab_axis under Auto axes: GSPMD alone (values only).
     checks["lce-gspmd-only-2d-auto"] = (check_lce, ("2d", "auto"), {"name_axes": False})
+    checks["ce-long-rows-vocab-auto"] = (check_ce_long_rows, ("vocab",), {})
+    checks["ce-long-rows-2d-auto"] = (check_ce_long_rows, ("2d",), {})
     assert sorted(checks) == sorted(CHECKS)
 
     only = set(sys.argv[1:])
