@@ -72,7 +72,7 @@ def _weighted_class_sum(x: jax.Array, w: jax.Array, axis: int) -> jax.Array:
     return jnp.tensordot(x.astype(w.dtype), w, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
 
 
-def _softmax_from_shifted(shifted, log_s_k):
+def _softmax_from_shifted(shifted, log_s, axis):
     """``exp(x - m) / s``, the very ``exp(x - m)`` that the forward pass sums.
 
     XLA computes that exponential once, keeps it in the gradient's own buffer and
@@ -80,7 +80,7 @@ def _softmax_from_shifted(shifted, log_s_k):
     in ``value_and_grad`` (on CPU the exp, not memory, is the bound) and no
     temporary. A forward pass alone still only reduces it.
     """
-    return jnp.exp(shifted) / jnp.exp(log_s_k)
+    return jnp.exp(shifted) / jnp.expand_dims(jnp.exp(log_s), axis)
 
 
 def _is_zero(tangent) -> bool:
@@ -88,7 +88,7 @@ def _is_zero(tangent) -> bool:
 
 
 def _stats(x, axis, cdt):
-    """``shifted = x - m``, ``log_s`` and ``m`` (keepdims), and ``lse``.
+    """``shifted = x - m``, and per row ``log_s``, ``m`` and ``lse``.
 
     Computed in ``x``'s compute dtype (float32 for half precision; ``x`` is passed
     unconverted, so that no converted copy of it is stored), then cast to ``cdt``;
@@ -97,7 +97,7 @@ def _stats(x, axis, cdt):
     xdt = _checks.compute_dtype(x.dtype)
     shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None, dtype=xdt)
     log_s = jnp.log(s)
-    lse = jnp.squeeze(m + log_s, axis).astype(cdt)
+    lse = (m + log_s).astype(cdt)
     return shifted.astype(cdt), log_s.astype(cdt), m, lse
 
 
@@ -116,10 +116,9 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
 
     def primal(x, t, valid, bad, w):
         num_classes = x.shape[axis]
-        shifted, log_s_k, m, lse = _stats(x, axis, cdt)
-        log_s = jnp.squeeze(log_s_k, axis)
+        shifted, log_s, m, lse = _stats(x, axis, cdt)
         # Picked from x, not from `shifted`, so that `shifted` need not be stored.
-        shifted_t = (_pick(x, t, axis).astype(m.dtype) - jnp.squeeze(m, axis)).astype(cdt)
+        shifted_t = (_pick(x, t, axis).astype(m.dtype) - m).astype(cdt)
         w_t = None if w is None else _spmd.take(w, t)
         wsh, total_weight = None, num_classes
         if smoothing:
@@ -132,7 +131,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             else:
                 total_weight = jnp.sum(w)
                 wx = _weighted_class_sum(x, w, axis)
-            wsh = wx - jnp.squeeze(m, axis).astype(cdt) * total_weight
+            wsh = wx - m.astype(cdt) * total_weight
         terms = rule.class_index_terms(
             shifted_t=shifted_t,
             log_s=log_s,
@@ -142,7 +141,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             total_weight=total_weight,
             z_loss=z_loss,
         )
-        res = (shifted, log_s_k, log_s, lse, shifted_t, w_t, total_weight)
+        res = (shifted, log_s, lse, shifted_t, w_t, total_weight)
         return rule.finalize_terms(terms, valid, bad), res
 
     @jax.custom_jvp
@@ -152,7 +151,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
     def jvp(primals, tangents):
         x, t, valid, bad, w = primals
         dx, _, _, _, dw = tangents
-        terms, (shifted, log_s_k, log_s, lse, shifted_t, w_t, total_weight) = primal(*primals)
+        terms, (shifted, log_s, lse, shifted_t, w_t, total_weight) = primal(*primals)
         # Ignored rows (and out-of-range targets) get exactly zero tangents; their
         # values (NaN if their logits are) are replaced by 0 wherever they would
         # multiply a tangent or cotangent.
@@ -164,7 +163,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
         dz = None if terms.z is None else jnp.zeros_like(terms.z)
         if not _is_zero(dx):
             dx = dx.astype(cdt)
-            p = jnp.where(ok_k, _softmax_from_shifted(shifted, log_s_k), zero)
+            p = jnp.where(ok_k, _softmax_from_shifted(shifted, log_s, axis), zero)
             big_s = jnp.sum(p * dx, axis=axis)
             onehot = _onehot(t, shifted.shape, axis) & ok_k
             big_t = jnp.sum(jnp.where(onehot, dx, zero), axis=axis)
@@ -205,16 +204,16 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
 
     def primal(x, q, w, eps):
         num_classes = x.shape[axis]
-        shifted, log_s_k, m, lse = _stats(x, axis, cdt)
+        shifted, log_s, m, lse = _stats(x, axis, cdt)
         qs = rule.smooth_probabilities(q, eps, num_classes)
         wq = qs if w is None else qs * _along(w, axis, x.ndim)
         total = jnp.sum(wq, axis=axis)
         # Σ w·q'·(x - m) read from x, as the smoothing sum is (see _class_index_kernel).
-        wqsh = jnp.sum(wq * x.astype(cdt), axis=axis) - jnp.squeeze(m, axis).astype(cdt) * total
-        loss = jnp.squeeze(log_s_k, axis) * total - wqsh
+        wqsh = jnp.sum(wq * x.astype(cdt), axis=axis) - m.astype(cdt) * total
+        loss = log_s * total - wqsh
         if z_loss:
             loss = loss + z_loss * jnp.square(lse)
-        return loss, (shifted, log_s_k, lse, qs, wq, total)
+        return loss, (shifted, log_s, lse, qs, wq, total)
 
     @jax.custom_jvp
     def kernel(x, q, w, eps):
@@ -224,10 +223,10 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
         x, q, w, eps = primals
         dx, dq, dw, deps = tangents
         num_classes = x.shape[axis]
-        loss, (shifted, log_s_k, lse, qs, wq, total) = primal(*primals)
+        loss, (shifted, log_s, lse, qs, wq, total) = primal(*primals)
         dloss = jnp.zeros_like(loss)
         if not _is_zero(dx):
-            p = _softmax_from_shifted(shifted, log_s_k)
+            p = _softmax_from_shifted(shifted, log_s, axis)
             a = total + 2 * z_loss * lse if z_loss else total
             g = jnp.expand_dims(a, axis) * p - wq
             dloss = dloss + jnp.sum(g * dx.astype(cdt), axis=axis)
@@ -248,7 +247,6 @@ def _probability_kernel(axis: int, z_loss: float, cdt: np.dtype):
             term = dqs if w is None else dqs * w_b
             dwq = term if dwq is None else dwq + term
         if dwq is not None:
-            log_s = jnp.squeeze(log_s_k, axis)
             dloss = dloss + log_s * jnp.sum(dwq, axis=axis) - jnp.sum(dwq * shifted, axis=axis)
         return loss, dloss
 

@@ -184,8 +184,13 @@ def finalize(loss, valid, bad):
 
 def mean_denominator(valid, w_t, dtype):
     """torch's ``mean`` denominator ``D``: ``Σ w_t`` over valid positions, or without
-    weights their exact count (an integer sum, rounded once to ``dtype``)."""
+    weights their exact count. Up to ``2**24`` positions a float32 (or float64) sum of
+    ones is exact in any order, and XLA:CPU runs it with the loss's own reduction
+    instead of a chain of integer reductions (65536×10 forward: 0.73 against 1.06 ms);
+    more positions are counted as integers and rounded once to ``dtype``."""
     if w_t is None:
+        if valid.size <= 1 << 24 and jnp.finfo(dtype).nmant >= 23:
+            return jnp.sum(valid.astype(dtype))
         return jnp.sum(valid, dtype=jnp.int32).astype(dtype)
     return jnp.sum(jnp.where(valid, w_t, jnp.zeros((), dtype)))
 

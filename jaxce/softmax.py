@@ -53,7 +53,7 @@ def _one_cpu_device() -> bool:
 
 
 def _sum_exp_last_axis(x: jax.Array, m: jax.Array, dtype) -> jax.Array:
-    """``Σ exp(x - m)`` over the last axis (keepdims), ``x`` converted to ``dtype``.
+    """``Σ exp(x - m)`` over the last axis, ``x`` converted to ``dtype`` (``m``: one per row).
 
     On CPU a long row is viewed as ``k`` rows of ``c/k`` (a free reshape of the
     contiguous last axis) and the partial sums are added. The optimization barrier
@@ -67,7 +67,7 @@ def _sum_exp_last_axis(x: jax.Array, m: jax.Array, dtype) -> jax.Array:
     k = row_chunks(c)
 
     def plain(x, m):
-        return jnp.sum(jnp.exp(x.astype(dtype) - m), axis=-1, keepdims=True)
+        return jnp.sum(jnp.exp(x.astype(dtype) - m[..., None]), axis=-1)
 
     if x.ndim == 0 or _spmd.explicitly_sharded(x) or not _one_cpu_device():
         return plain(x, m)
@@ -86,7 +86,7 @@ def _sum_exp_last_axis(x: jax.Array, m: jax.Array, dtype) -> jax.Array:
         parts = lax.optimization_barrier(x.reshape(-1, c // k)).astype(dtype)
         m_parts = jnp.repeat(m.reshape(-1), k)[:, None]
         partial = jnp.sum(jnp.exp(parts - m_parts), axis=-1)
-        return jnp.sum(partial.reshape(lead + (k,)), axis=-1, keepdims=True)
+        return jnp.sum(partial.reshape(lead + (k,)), axis=-1)
 
     return lax.platform_dependent(x, m, cpu=chunked, default=plain)
 
@@ -99,7 +99,11 @@ def shifted_and_sumexp(
     finite_shift: bool = False,
     dtype=None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(x - m, sum(exp(x - m)), m)`` with ``m`` the (masked) max, all keepdims.
+    """``(x - m, sum(exp(x - m)), m)`` with ``m`` the (masked) max.
+
+    The sum and ``m`` have the reduced shape (``axes`` removed): per-row arithmetic on
+    ``(N, 1)``-shaped arrays compiles to slower code on XLA:CPU than on ``(N,)``-shaped
+    ones (65536×10 cross-entropy: 1.4 against 0.84 ms).
 
     Computed in ``dtype`` (default: ``x``'s own). A caller that does not differentiate
     through this function (the losses' custom-JVP kernels) passes the input
@@ -115,15 +119,15 @@ def shifted_and_sumexp(
     raw, x = x, x.astype(dtype)
     # The max is exact in the input's own dtype (XLA:CPU would store a converted copy
     # of a half-precision input to take it).
-    m = jnp.max(raw, axis=axes, keepdims=True, initial=-jnp.inf).astype(dtype)
+    m = jnp.max(raw, axis=axes, initial=-jnp.inf).astype(dtype)
     # finite_shift (for logsumexp): a +inf max shifts by 0, so the row gives +inf, not
     # NaN; log_softmax/softmax keep torch's NaN for such rows.
     unusable = ~jnp.isfinite(m) if finite_shift else m == -jnp.inf
     m = lax.stop_gradient(jnp.where(unusable, jnp.zeros_like(m), m))
-    shifted = x - m
+    shifted = x - jnp.expand_dims(m, axes)
     if where is None and axes == (x.ndim - 1,):
         return shifted, _sum_exp_last_axis(raw, m, dtype), m
-    return shifted, jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True), m
+    return shifted, jnp.sum(jnp.exp(shifted), axis=axes), m
 
 
 def log_softmax_compute(x: jax.Array, axes: tuple[int, ...], where: jax.Array | None = None):
@@ -133,7 +137,7 @@ def log_softmax_compute(x: jax.Array, axes: tuple[int, ...], where: jax.Array | 
     float32 results (e.g. the notebook's 0.3774033188819885) bit for bit.
     """
     shifted, s, _ = shifted_and_sumexp(x, axes, where)
-    out = shifted - jnp.log(s)
+    out = shifted - jnp.expand_dims(jnp.log(s), axes)
     if where is not None:
         out = jnp.where(where, out, -jnp.inf)
     return out
@@ -149,7 +153,7 @@ def _log_softmax(x, where, *, axes):
 @functools.partial(jax.jit, static_argnames=("axes",))
 def _softmax(x, where, *, axes):
     shifted, s, _ = shifted_and_sumexp(x.astype(_checks.compute_dtype(x.dtype)), axes, where)
-    out = jnp.exp(shifted) / s
+    out = jnp.exp(shifted) / jnp.expand_dims(s, axes)
     if where is not None:
         out = jnp.where(where, out, jnp.zeros_like(out))
     return out.astype(x.dtype)
@@ -159,7 +163,7 @@ def _softmax(x, where, *, axes):
 def _logsumexp(x, where, *, axes):
     x_c = x.astype(_checks.compute_dtype(x.dtype))
     _, s, m = shifted_and_sumexp(x_c, axes, where, finite_shift=True)
-    return jnp.squeeze(jnp.log(s) + m, axis=axes).astype(x.dtype)
+    return (jnp.log(s) + m).astype(x.dtype)
 
 
 def _prepare(fn: str, x, axis, where):

@@ -176,3 +176,17 @@ def test_no_logits_sized_temporaries(dtype, c):
     for f in (plain, options, jax.value_and_grad(plain), jax.value_and_grad(options)):
         temp = jax.jit(f).lower(x, t, w).compile().memory_analysis().temp_size_in_bytes
         assert temp < nbytes / 4, (getattr(f, "__name__", f), temp, nbytes)
+
+
+def test_mean_count_is_exact_on_both_sides_of_2_24():
+    """The ``mean`` count is a float sum up to 2**24 positions (exact) and an integer
+    sum beyond, rounded once: never a float sum that has lost ones."""
+    from jaxce import rule
+
+    for n, want in ((1 << 24, 16777216.0), ((1 << 24) + 3, float(np.float32(16777219)))):
+        valid = jnp.ones((n,), jnp.bool_)
+        got = jax.jit(rule.mean_denominator, static_argnums=(1, 2))(valid, None, jnp.float32)
+        assert float(got) == want, (n, float(got))
+    valid = jnp.asarray(rng.random(100_003) < 0.37)
+    got = rule.mean_denominator(valid, None, jnp.float32)
+    assert float(got) == float(np.count_nonzero(np.asarray(valid)))
