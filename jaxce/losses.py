@@ -54,6 +54,17 @@ def _bfloat16_parts(w: jax.Array) -> jax.Array:
     return jnp.stack([hi, mid, lo], axis=1)
 
 
+def _class_sum(x: jax.Array, axis: int, dtype) -> jax.Array:
+    """``Σ_c x_c`` along ``axis`` in ``dtype``. A bfloat16 ``x`` is summed by a dot with
+    ones (exact products, float32 accumulation): XLA:CPU would store a float32 copy of
+    ``x`` for the reduction of its conversion (measured 4x the plain forward)."""
+    if x.dtype == jnp.bfloat16 and dtype == jnp.float32 and not _spmd.explicitly_sharded(x):
+        ones = jnp.ones((x.shape[axis], 2), jnp.bfloat16)
+        sums = lax.dot_general(x, ones, (((axis,), (0,)), ((), ())), preferred_element_type=dtype)
+        return sums[..., 0]
+    return jnp.sum(x.astype(dtype), axis=axis)
+
+
 def _weighted_class_sum(x: jax.Array, w: jax.Array, axis: int) -> jax.Array:
     """``Σ_c w_c·x_c`` along ``axis``, in ``w``'s dtype.
 
@@ -127,7 +138,7 @@ def _class_index_kernel(axis: int, smoothing: bool, z_loss: float, cdt: np.dtype
             # Its rounding error (relative to Σ|w·x|) is small against the smoothing
             # term, which for non-negative weights is at least log_s·W and |wsh|.
             if w is None:
-                total_weight, wx = num_classes, jnp.sum(x.astype(cdt), axis=axis)
+                total_weight, wx = num_classes, _class_sum(x, axis, cdt)
             else:
                 total_weight = jnp.sum(w)
                 wx = _weighted_class_sum(x, w, axis)
