@@ -370,10 +370,14 @@ def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc,
     logits, when the forward sweep kept them) or recomputed.
 
     ``g = a·p - b·[c = t] - k·w`` (:func:`rule.class_index_coefficients`), times
-    ``1 - (x/s)²`` under a softcap; ``dh = g·Kᵀ``, ``dK = hᵀ·g``, ``db = Σ g``.
+    ``1 - (x/s)²`` under a softcap; ``dh = g·Kᵀ``, ``dK = hᵀ·g``, ``db = Σ g``. The two
+    products read their operands in the logits matmul's dtype (``g`` rounded to it for
+    half-precision inputs, as the materialised version's bfloat16 logits gradient is)
+    and accumulate in the compute dtype: no float32 copy of a bfloat16 kernel is made,
+    and the products run at the half-precision rate where there is one.
     """
     zero = _zero(cfg)
-    hc = h_b.astype(cfg.cdt)
+    hm = h_b.astype(cfg.mdt)
     dh0 = jnp.zeros((h_b.shape[0], cfg.d), cfg.cdt) if need.hidden else None
 
     def step(j, carry):
@@ -393,12 +397,16 @@ def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc,
             g = g * (1 - jnp.square(x / cfg.softcap))
         mask = _masked(colmask, ok_b[:, None], False)
         g = jnp.where(mask, g, zero)
+        gm = g.astype(cfg.mdt)
         if need.hidden:
-            k = _slice_cols(kernel, start, cfg.bv).astype(cfg.cdt)
-            dh = dh + lax.dot_general(g, k, (((1,), (1,)), ((), ())))
+            k = _slice_cols(kernel, start, cfg.bv).astype(cfg.mdt)
+            dims = (((1,), (1,)), ((), ()))
+            dh = dh + lax.dot_general(gm, k, dims, preferred_element_type=cfg.cdt)
         d_k, d_b, d_w = acc
         if need.kernel:
-            d_k = _add_cols(d_k, lax.dot_general(hc, g, (((0,), (0,)), ((), ()))), start)
+            dims = (((0,), (0,)), ((), ()))
+            d_kb = lax.dot_general(hm, gm, dims, preferred_element_type=cfg.cdt)
+            d_k = _add_cols(d_k, d_kb, start)
         if need.bias:
             d_b = _add_cols(d_b, jnp.sum(g, axis=0), start)
         if need.weight and rg.cw is not None:
