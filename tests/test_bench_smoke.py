@@ -121,3 +121,25 @@ def test_bench_ce_writes_markdown_json_png(bench, tmp_path):
     assert (tmp_path / "smoke.png").exists() == has_mpl
     assert out["json"] == tmp_path / "smoke.json"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_device_check_script_runs_on_tiny_shapes(tmp_path):
+    """``benchmarks/device_check.sh`` (the prepared GPU check) as a dry run on this backend:
+    both benchmarks run and write their tables."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, CE_SHAPES="64x512", LINEAR_SHAPES="64x32x512", REPEATS="2")
+    env.update(OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(BENCH_DIR / "device_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for stem in ("ce-device", "linear-device"):
+        table = (tmp_path / f"{stem}.md").read_text()
+        assert "jaxce" in table or "fused" in table, table[:500]
+        json.loads((tmp_path / f"{stem}.json").read_text())
