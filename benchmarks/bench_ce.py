@@ -323,42 +323,13 @@ def results_table(timings) -> str:
         r = t.meta.get("ratios", {})
         temp = None if not t.memory else f"{t.memory['temp'] / 2**20:.1f}"
         comp = None if t.compile_s is None else f"{(t.lower_s or 0) + t.compile_s:.2f}"
+        ident = [f"{shape[0]}×{shape[1]}", dtype, mode, impl, variant]
         if not t.ok:
-            rows.append(
-                [
-                    f"{shape[0]}×{shape[1]}",
-                    dtype,
-                    mode,
-                    impl,
-                    variant,
-                    "error",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    temp,
-                    comp,
-                ]
-            )
+            rows.append(ident + ["error", "", "", "", "", "", temp, comp])
             continue
-        rows.append(
-            [
-                f"{shape[0]}×{shape[1]}",
-                dtype,
-                mode,
-                impl,
-                variant,
-                fmt_ms(t.median_ms),
-                fmt_ms(t.iqr_ms),
-                fmt_ratio(r.get("optax")),
-                fmt_ratio(r.get("torch")),
-                fmt_ratio(r.get("read")),
-                fmt_ratio(r.get("plain")),
-                temp or "—",
-                comp or "—",
-            ]
-        )
+        ratios = [fmt_ratio(r.get(k)) for k in ("optax", "torch", "read", "plain")]
+        timing = [fmt_ms(t.median_ms), fmt_ms(t.iqr_ms)]
+        rows.append(ident + timing + ratios + [temp or "—", comp or "—"])
     return harness.markdown_table(headers, rows, align="lllllrrrrrrrr")
 
 
