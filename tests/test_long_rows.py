@@ -144,6 +144,18 @@ def test_weighted_class_sum_of_bfloat16_is_float32_accurate():
     assert np.max(np.abs(one_part - want) / scale) > 1e-5
 
 
+def test_class_sum_of_bfloat16_is_float32_accurate():
+    x = jnp.asarray(rng.normal(size=(8, 40000)), jnp.bfloat16)
+    got = losses._class_sum(x, 1, jnp.float32)
+    assert got.dtype == jnp.float32 and got.shape == (8,)
+    x64 = np.asarray(x, np.float64)
+    want, scale = x64.sum(axis=1), np.abs(x64).sum(axis=1)
+    assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 4e-7 * scale)
+    # Along a leading axis too (the K-dim layout).
+    got0 = losses._class_sum(x.T, 0, jnp.float32)
+    assert np.all(np.abs(np.asarray(got0, np.float64) - want) <= 4e-7 * scale)
+
+
 @one_cpu
 def test_long_rows_are_reduced_in_chunks_on_cpu():
     x = jax.ShapeDtypeStruct((2, 65536), jnp.float32)
