@@ -134,6 +134,13 @@ def _from_jax_layout(a, channels_last):
     return np.moveaxis(a, -1, 1) if channels_last else a
 
 
+def _class_layout(shape):
+    """torch's class axis for ``shape`` (0 for a 1-D input, else 1), the class count, and
+    the shape of the positions (``shape`` without that axis)."""
+    cd = 0 if len(shape) == 1 else 1
+    return cd, shape[cd], shape[:cd] + shape[cd + 1 :]
+
+
 def _logits(rng, shape, dtype, scale, neg_inf, cd):
     x = (rng.standard_normal(shape) * scale).astype(NP_DTYPE[dtype])
     if neg_inf:
@@ -251,9 +258,7 @@ def class_index_cases(draw):
 def test_cross_entropy_class_index_matches_torch(case):
     rng = np.random.default_rng(case["seed"])
     dtype, shape, reduction = case["dtype"], case["shape"], case["reduction"]
-    cd = 0 if len(shape) == 1 else 1
-    c = shape[cd]
-    pos_shape = shape[:cd] + shape[cd + 1 :]
+    cd, c, pos_shape = _class_layout(shape)
     x = _logits(rng, shape, dtype, case["scale"], case["neg_inf"], cd)
     w = _weight(rng, c, dtype, case["weight"])
     ii = case["ignore_index"]
@@ -388,9 +393,7 @@ def test_cross_entropy_probabilities_matches_torch(case):
     x_dtype = "float32" if mixed else case["dtype"]
     aux_dtype = "float64" if mixed else case["dtype"]  # target and weight
     out_dtype = aux_dtype
-    cd = 0 if len(shape) == 1 else 1
-    c = shape[cd]
-    pos_shape = shape[:cd] + shape[cd + 1 :]
+    cd, c, pos_shape = _class_layout(shape)
     x = _logits(rng, shape, x_dtype, case["scale"], case["neg_inf"], cd)
     q = _prob_targets(rng, shape, cd, case["target"], aux_dtype)
     w = _weight(rng, c, aux_dtype, case["weight"])
@@ -467,9 +470,7 @@ def nll_cases(draw):
 def test_nll_loss_matches_torch(case):
     rng = np.random.default_rng(case["seed"])
     dtype, shape, reduction = case["dtype"], case["shape"], case["reduction"]
-    cd = 0 if len(shape) == 1 else 1
-    c = shape[cd]
-    pos_shape = shape[:cd] + shape[cd + 1 :]
+    cd, c, pos_shape = _class_layout(shape)
     x = rng.standard_normal(shape) * 3
     if case["input"] == "log_probs":
         x = x - np.log(np.sum(np.exp(x), axis=cd, keepdims=True))
