@@ -83,6 +83,12 @@ class _Cfg(NamedTuple):
     # `mean` with label smoothing or z-loss: also sum the rule's terms apart, so that a
     # zero denominator gives torch's value (see `_linear_impl`).
     split_terms: bool = False
+    # "forward" with one token block of n ≤ d tokens: the logits are held in the kernel
+    # gradient's own array (see `_gradient_sweep`).
+    kernel_buffer: bool = False
+    # The kernel-gradient product reads a transposed copy of the token block's hidden
+    # states (token_block × d), made once per token block (see `_block_grads`).
+    transpose_hidden: bool = False
 
     @property
     def nt(self) -> int:
@@ -205,11 +211,12 @@ def _update(carry, raw, b_blk, cols, colmask, t_b, w_blk, cfg):
     return m_new, s, xt, wsh, wseen
 
 
-def _block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False):
+def _block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False, sink=None):
     """The statistics of a token block over all (local) classes, combined across the
     vocab axis. Returns ``(stats, x)``: ``x`` is the block's matmul output (logits before
-    bias and softcap) for every local class when computed at once (``full``, or a single
-    vocab block), else None."""
+    bias and softcap) for every local class: computed at once (``full``, or a single
+    vocab block) or, when a ``sink`` array of shape ``(≥ bt, v)`` is given, written
+    block by block into its first ``bt`` rows and returned in it; else None."""
     bt = h_b.shape[0]
     wsh0 = jnp.zeros((bt,), cfg.cdt) if cfg.smoothing else None
     init = (
@@ -223,21 +230,26 @@ def _block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False):
     # With `full`, one matmul gives the logits of every local class; the statistics are
     # still gathered block by block from slices of it, so that the bias-added (and
     # softcapped) values are only ever held for one block.
-    xs = _matmul(h_b, kernel, 0, cfg._replace(bv=cfg.v)) if full or cfg.nb == 1 else None
+    at_once = (full or cfg.nb == 1) and sink is None
+    xs = _matmul(h_b, kernel, 0, cfg._replace(bv=cfg.v)) if at_once else None
 
     def step(j, carry):
+        carry, sink = carry
         start, cols, colmask = _col_block(j, cfg)
         if xs is None:
             raw = _matmul(h_b, kernel, start, cfg)
         else:
             raw = xs if cfg.nb == 1 else _slice_cols(xs, start, cfg.bv)
+        if sink is not None:
+            sink = lax.dynamic_update_slice(sink, raw, (0, start))
         w_blk = None if weight is None else _slice_cols(weight, start, cfg.bv)
         b_blk = _bias_cols(bias, start, cfg)
-        return _update(carry, raw, b_blk, cols, colmask, t_b, w_blk, cfg)
+        return _update(carry, raw, b_blk, cols, colmask, t_b, w_blk, cfg), sink
 
-    carry = step(0, init) if cfg.nb == 1 else lax.fori_loop(0, cfg.nb, step, init)
+    init = (init, sink)
+    carry, sink = step(0, init) if cfg.nb == 1 else lax.fori_loop(0, cfg.nb, step, init)
     m, s, xt, wsh = sharding.combine_stats(*carry, cfg.layout)
-    return _Stats(m, jnp.log(s), xt - m, wsh), xs
+    return _Stats(m, jnp.log(s), xt - m, wsh), (xs if sink is None else sink)
 
 
 def _row_loss(st: _Stats, w_t, total_weight, eps, valid, bad, cfg):
@@ -363,11 +375,16 @@ class _Acc(NamedTuple):
     weight: jax.Array | None
 
 
-def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc, cfg, need, xs):
+def _block_grads(
+    h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc, cfg, need, xs, buffered=False
+):
     """Adds a token block's gradient to ``acc``; returns ``(dh_b, acc)``.
 
     Walks the vocab blocks; their logits are sliced from ``xs`` (all of the block's
-    logits, when the forward sweep kept them) or recomputed.
+    logits, when the forward sweep kept them) or recomputed. With ``buffered`` (the only
+    token block, see :func:`_gradient_sweep`) they are read from the first rows of
+    ``acc.kernel``, and each vocab block's kernel gradient overwrites the columns it was
+    computed from.
 
     ``g = a·p - b·[c = t] - k·w`` (:func:`rule.class_index_coefficients`), times
     ``1 - (x/s)²`` under a softcap; ``dh = g·Kᵀ``, ``dK = hᵀ·g``, ``db = Σ g``. The two
@@ -378,12 +395,19 @@ def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc,
     """
     zero = _zero(cfg)
     hm = h_b.astype(cfg.mdt)
+    # XLA:CPU transposes a product's contracted-first operand on every call: once per
+    # token block instead of once per vocab block, when the budget allows.
+    hmt = hm.T if need.kernel and cfg.transpose_hidden else None
     dh0 = jnp.zeros((h_b.shape[0], cfg.d), cfg.cdt) if need.hidden else None
 
     def step(j, carry):
         dh, acc = carry
         start, cols, colmask = _col_block(j, cfg)
-        if xs is None:
+        if buffered:
+            # A shifted last block also reads columns that already hold kernel gradient;
+            # they are masked below like every overlap column.
+            raw = lax.dynamic_slice(acc.kernel, (0, start), (h_b.shape[0], cfg.bv))
+        elif xs is None:
             raw = _matmul(h_b, kernel, start, cfg)
         else:
             raw = xs if cfg.nb == 1 else _slice_cols(xs, start, cfg.bv)
@@ -400,13 +424,23 @@ def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc,
         gm = g.astype(cfg.mdt)
         if need.hidden:
             k = _slice_cols(kernel, start, cfg.bv).astype(cfg.mdt)
-            dims = (((1,), (1,)), ((), ()))
-            dh = dh + lax.dot_general(gm, k, dims, preferred_element_type=cfg.cdt)
+            if buffered:
+                dh = _add_product_by_rows(dh, gm, k, cfg)
+            else:
+                dims = (((1,), (1,)), ((), ()))
+                dh = dh + lax.dot_general(gm, k, dims, preferred_element_type=cfg.cdt)
         d_k, d_b, d_w = acc
         if need.kernel:
             dims = (((0,), (0,)), ((), ()))
-            d_kb = lax.dot_general(hm, gm, dims, preferred_element_type=cfg.cdt)
-            d_k = _add_cols(d_k, d_kb, start)
+            if hmt is None:
+                d_kb = lax.dot_general(hm, gm, dims, preferred_element_type=cfg.cdt)
+            else:
+                d_kb = jnp.matmul(hmt, gm, preferred_element_type=cfg.cdt)
+            if buffered:
+                d_kb = _masked(colmask, d_kb, _slice_cols(d_k, start, cfg.bv))
+                d_k = lax.dynamic_update_slice(d_k, d_kb, (0, start))
+            else:
+                d_k = _add_cols(d_k, d_kb, start)
         if need.bias:
             d_b = _add_cols(d_b, jnp.sum(g, axis=0), start)
         if need.weight and rg.cw is not None:
@@ -417,6 +451,32 @@ def _block_grads(h_b, t_b, ok_b, rg: _RowGrads, kernel, bias, weight, acc: _Acc,
     if cfg.nb == 1:
         return step(0, (dh0, acc))
     return lax.fori_loop(0, cfg.nb, step, (dh0, acc))
+
+
+def _add_product_by_rows(dh, gm, k, cfg):
+    """``dh + gm @ kᵀ`` updated in place, ``vocab_block`` rows at a time: a single
+    product would hold a second ``dh``-sized array, which the kernel-gradient buffer's
+    memory budget (a few ``vocab_block``-wide blocks) does not allow."""
+    rows = dh.shape[0]
+    size = min(rows, cfg.bv)
+    chunks = -(-rows // size)
+    dims = (((1,), (1,)), ((), ()))
+
+    def chunk(q, dh):
+        start = jnp.minimum(q * size, rows - size)
+        new = (start + lax.iota(jnp.int32, size)) >= q * size
+        prod = lax.dot_general(
+            lax.dynamic_slice_in_dim(gm, start, size, axis=0),
+            k,
+            dims,
+            preferred_element_type=cfg.cdt,
+        )
+        cur = lax.dynamic_slice_in_dim(dh, start, size, axis=0)
+        upd = jnp.where(new[:, None], cur + prod, cur)
+        return lax.dynamic_update_slice_in_dim(dh, upd, start, axis=0)
+
+    # A loop, not unrolled chunks: XLA would schedule every chunk's product at once.
+    return chunk(0, dh) if chunks == 1 else lax.fori_loop(0, chunks, chunk, dh)
 
 
 # --------------------------------------------------------------------------- token loop
@@ -502,6 +562,12 @@ def _gradient_sweep(cfg, need, a: dict):
     n, cdt = cfg.n, cfg.cdt
     zero = _zero(cfg)
     saved = a["m"] is not None
+    # The kernel gradient's (d, v) array holds the logits of the only token block
+    # (n ≤ d) until each vocab block's gradient replaces them: the forward schedule's
+    # matmul count with no logits-sized temporary.
+    buffered = cfg.kernel_buffer and not saved
+    if buffered and not (need.kernel and cfg.nt == 1 and cfg.n <= cfg.d):
+        raise AssertionError(f"kernel buffer without a place for the logits: {cfg}, {need}")
     keys = ("hidden", "t", "valid", "bad", "w_t", "r", "m", "log_s", "shifted_t", "wsh")
     rows_in = {k: a[k] for k in keys}
     init = (
@@ -525,17 +591,37 @@ def _gradient_sweep(cfg, need, a: dict):
             st = _Stats(r["m"], r["log_s"], r["shifted_t"], r["wsh"])
         else:
             st, x = _block_stats(
-                r["hidden"], t_b, a["kernel"], a["bias"], a["weight"], cfg, full=True
+                r["hidden"],
+                t_b,
+                a["kernel"],
+                a["bias"],
+                a["weight"],
+                cfg,
+                full=True,
+                sink=acc.kernel if buffered else None,
             )
+            if buffered:
+                acc, x = acc._replace(kernel=x), None
             loss_b, terms_b = _row_loss(st, r["w_t"], a["total"], _eps(cfg, a), valid, bad, cfg)
             loss_sum = (loss_sum[0] + jnp.sum(loss_b), _add_terms(loss_sum[1], terms_b))
         cot = ok.astype(cdt) if r["r"] is None else r["r"]
         rg = _row_grads(st, cot, ok, r["w_t"], a["total"], _eps(cfg, a), need, cfg)
         dh_b, acc = _block_grads(
-            r["hidden"], t_b, ok, rg, a["kernel"], a["bias"], a["weight"], acc, cfg, need, x
+            r["hidden"],
+            t_b,
+            ok,
+            rg,
+            a["kernel"],
+            a["bias"],
+            a["weight"],
+            acc,
+            cfg,
+            need,
+            x,
+            buffered=buffered,
         )
         if need.hidden:
-            dh = _write_rows(dh, dh_b, new, start)
+            dh = dh_b if buffered else _write_rows(dh, dh_b, new, start)
         if need.w_t:
             d_w_t = _write_rows(d_w_t, rg.d_w_t, new, start)
         if need.total_weight:
@@ -699,13 +785,15 @@ def _sweep(cfg, need: _Need, args: dict):
 
 
 @functools.cache
-def _fused(cfg: _Cfg, per_row: bool, mode: str):
+def _fused(cfg: _Cfg, per_row: bool, mode: str, fallback: tuple[str, _Cfg] | None = None):
     """The fused loss, a ``custom_vjp`` function of the arrays named in ``_ARGS``.
 
     Returns ``(out, term_sums)``: per-token losses shaped like ``hidden[..., 0]``
     (``per_row``) or their sum, and the sums of the rule's terms when
     ``cfg.split_terms`` (else None; never differentiated). ``mode`` is ``"recompute"``
-    or ``"forward"`` (gradients during the forward pass; sums only).
+    or ``"forward"`` (gradients during the forward pass; sums only). ``fallback`` is the
+    ``(mode, cfg)`` of a differentiated call that does not want the kernel gradient,
+    when ``cfg`` keeps the logits in it.
     """
 
     def primal(*arrays):
@@ -713,15 +801,19 @@ def _fused(cfg: _Cfg, per_row: bool, mode: str):
 
     f = jax.custom_vjp(primal)
 
+    def schedule(need: _Need) -> tuple[str, _Cfg]:
+        return fallback if fallback is not None and not need.kernel else (mode, cfg)
+
     def fwd(*primals):
         pairs = list(zip(_ARGS, primals, strict=True))
         args = {k: None if p is None else p.value for k, p in pairs}
         need = _need_of({k: p is not None and p.perturbed for k, p in pairs}, args)
         flags = tuple(jnp.zeros((), jnp.bool_) if x else None for x in need)
-        if mode == "recompute":
-            out, stats = _values(cfg, per_row, args, True)
+        how, c = schedule(need)
+        if how == "recompute":
+            out, stats = _values(c, per_row, args, True)
             return out, (flags, args, stats)
-        loss, grads = _sweep(cfg, need, args)
+        loss, grads = _sweep(c, need, args)
         return loss, (flags, args, grads)
 
     def bwd(res, cts):
@@ -730,9 +822,10 @@ def _fused(cfg: _Cfg, per_row: bool, mode: str):
         ct = cts[0]  # the term sums are only read for their value (see `_linear_impl`)
         if isinstance(ct, SymbolicZero):
             return (None,) * len(_ARGS)
-        if mode == "recompute":
+        how, c = schedule(need)
+        if how == "recompute":
             r = ct if per_row else jnp.broadcast_to(ct, args["t"].shape)
-            _, g = _sweep(cfg, need, {**args, **extra, "r": r.astype(cfg.cdt)})
+            _, g = _sweep(c, need, {**args, **extra, "r": r.astype(c.cdt)})
         else:
             # Scale the saved gradients; positions that are not counted keep an exact
             # zero even when the scale is not finite (an all-ignored `mean` divides by
@@ -775,31 +868,57 @@ def _forward_tokens(n: int, v: int) -> int:
     return min(max(n // 16, lo), hi, max(8, FORWARD_MAX_ELEMENTS // max(v, 1)))
 
 
-def _choose_mode(grad_mode: str, per_row: bool, n: int, v: int, token_block) -> str:
+def _kernel_buffer_fits(n: int, d: int, token_block) -> bool:
+    """Whether "forward" can hold the logits in the kernel gradient (one token block)."""
+    return n <= d and (token_block is None or token_block >= n)
+
+
+def _choose_mode(grad_mode: str, per_row: bool, n: int, v: int, token_block, buffer: bool) -> str:
     if grad_mode != "auto":
         return grad_mode
     if per_row:
         return "recompute"
+    if buffer:
+        return "forward"
     tokens = token_block or _forward_tokens(n, v)
     return "forward" if min(tokens, n) >= AUTO_FORWARD_MIN_TOKENS else "recompute"
 
 
-def _choose_blocks(n: int, v: int, d: int, token_block, vocab_block, mode: str):
-    """``(token_block, vocab_block)`` for ``n`` tokens and ``v`` classes per device."""
-    if token_block:
+def _plan(grad_mode, per_row, n, v, d, token_block, vocab_block, allow_buffer=True):
+    """``(mode, blocks)`` for ``n`` tokens and ``v`` classes per device: ``blocks`` are
+    the block fields of :class:`_Cfg`. The blocks (a transposed token block of hidden
+    states included) stay within a budget of ``n·v/32`` values (clamped to
+    ``BUDGET_RANGE``); "forward" keeps the logits in the kernel gradient when
+    ``n ≤ d`` (and ``allow_buffer``)."""
+    buffer = allow_buffer and not per_row and _kernel_buffer_fits(n, d, token_block)
+    mode = _choose_mode(grad_mode, per_row, n, v, token_block, buffer)
+    kernel_buffer = buffer and mode == "forward"
+    if kernel_buffer:
+        bt = n
+    elif token_block:
         bt = token_block
     elif mode == "forward":
         bt = _forward_tokens(n, v)
     else:
         bt = RECOMPUTE_TOKEN_BLOCK
     bt = max(1, min(bt, n))
+    budget = min(max(n * v // 32, BUDGET_RANGE[0]), BUDGET_RANGE[1])
     if vocab_block:
         bv = vocab_block
     else:
-        budget = min(max(n * v // 32, BUDGET_RANGE[0]), BUDGET_RANGE[1])
         lo, hi = VOCAB_BLOCK_RANGE
         bv = min(max(_pow2_floor(budget / (bt + 2 * d)), lo), hi)
-    return bt, max(1, min(bv, v))
+    # The transposed copy fits beside the blocks when it and the hidden-gradient
+    # accumulator of a token block (none with the kernel buffer, which updates the
+    # gradient in place) take at most the budget.
+    transpose_hidden = bt * d * (1 if kernel_buffer else 2) <= budget
+    blocks = dict(
+        bt=bt,
+        bv=max(1, min(bv, v)),
+        kernel_buffer=kernel_buffer,
+        transpose_hidden=transpose_hidden,
+    )
+    return mode, blocks
 
 
 @functools.partial(
@@ -876,15 +995,16 @@ def _linear_impl(
     )[0]
     n_local = max(1, math.prod(lead_local))
     per_row = reduction == "none"
-    mode = _choose_mode(grad_mode, per_row, n_local, v_local, token_block)
-    bt, bv = _choose_blocks(n_local, v_local, kernel.shape[0], token_block, vocab_block, mode)
+    d = kernel.shape[0]
+    plan = functools.partial(
+        _plan, grad_mode, per_row, n_local, v_local, d, token_block, vocab_block
+    )
+    mode, blocks = plan()
     cfg = _Cfg(
         n=n_local,
         v=v_local,
-        d=kernel.shape[0],
+        d=d,
         num_classes=num_classes,
-        bt=bt,
-        bv=bv,
         eps=static_eps,
         softcap=softcap,
         z_loss=z_loss,
@@ -893,8 +1013,14 @@ def _linear_impl(
         mdt=mdt,
         layout=layout,
         split_terms=reduction == "mean" and (smoothing or bool(z_loss)),
+        **blocks,
     )
-    f = _fused(cfg, per_row, mode)
+    fallback = None
+    if cfg.kernel_buffer:
+        # Without a kernel gradient there is nowhere to keep the logits.
+        mode2, blocks2 = plan(allow_buffer=False)
+        fallback = (mode2, cfg._replace(**blocks2))
+    f = _fused(cfg, per_row, mode, fallback)
     eps_arg = None if isinstance(eps, float) else eps
     out, term_sums = f(hidden, kernel, bias, w_full, w_t, total, eps_arg, t, valid, bad)
     if reduction == "mean":

@@ -31,6 +31,8 @@ CHECKS = [
     "ce-vocab-explicit-sharded-weight",
     "lce-none-2d-explicit",
     "lce-forward-2d-auto",
+    "lce-buffer-2d-auto",
+    "lce-buffer-data-explicit",
     "lce-gspmd-only-2d-auto",
     "ce-long-rows-vocab-auto",
     "ce-long-rows-2d-auto",
@@ -126,10 +128,18 @@ def main() -> None:
         assert not bad, f"gathers of the logits: {bad}"
 
     # ---------------------------------------------------------------- linear_cross_entropy
-    def lce_fn(reduction, mode, axes):
+    def lce_fn(reduction, mode, axes, blocks=None):
         def loss(h, k, b, w, t):
             out = jaxce.linear_cross_entropy(
-                h, k, t, bias=b, weight=w, reduction=reduction, grad_mode=mode, **axes, **lce_opts
+                h,
+                k,
+                t,
+                bias=b,
+                weight=w,
+                reduction=reduction,
+                grad_mode=mode,
+                **axes,
+                **{**lce_opts, **(blocks or {})},
             )
             return (jnp.sum(out * ct_np) if reduction == "none" else out), out
 
@@ -143,7 +153,7 @@ def main() -> None:
             refs[reduction] = run(lce_fn(reduction, "recompute", {}), *args)[0]
         return refs[reduction]
 
-    def check_lce(layout, at, reduction="mean", mode="recompute", name_axes=None):
+    def check_lce(layout, at, reduction="mean", mode="recompute", name_axes=None, blocks=None):
         mesh = meshes(layout, at)
         data, vocab = specs(layout)
         axes = {}
@@ -157,7 +167,7 @@ def main() -> None:
                 jax.device_put(w_np, P(vocab)),
                 jax.device_put(t_np, P(data, None)),
             )
-            out, hlo = run(lce_fn(reduction, mode, axes), *args)
+            out, hlo = run(lce_fn(reduction, mode, axes, blocks), *args)
         compare(out, lce_ref(reduction), 1e-5, 2e-6, "lce")
         dh, dk = out[1][0], out[1][1]
         if at == "explicit":
@@ -198,6 +208,11 @@ def main() -> None:
     checks["ce-vocab-explicit-sharded-weight"] = (check_ce, ("vocab", "explicit"), {})
     checks["lce-none-2d-explicit"] = (check_lce, ("2d", "explicit"), {"reduction": "none"})
     checks["lce-forward-2d-auto"] = (check_lce, ("2d", "auto"), {"mode": "forward"})
+    # "forward" with one token block per device (≤ D tokens): the logits are kept in the
+    # kernel gradient.
+    whole = {"mode": "forward", "blocks": {"token_block": None}}
+    checks["lce-buffer-2d-auto"] = (check_lce, ("2d", "auto"), whole)
+    checks["lce-buffer-data-explicit"] = (check_lce, ("data", "explicit"), whole)
     # Without data_axis/vocab_axis under Auto axes: GSPMD alone (values only).
     checks["lce-gspmd-only-2d-auto"] = (check_lce, ("2d", "auto"), {"name_axes": False})
     checks["ce-long-rows-vocab-auto"] = (check_ce_long_rows, ("vocab",), {})

@@ -23,8 +23,10 @@ from jaxce.linear import linear_cross_entropy as LCE
 CE = jaxce.cross_entropy
 rng = np.random.default_rng(20240611)
 
-# (2, 7) tokens, D = 6, V = 37 (prime); blocks of 4 tokens and 8 classes divide nothing.
-LEAD, D, V = (2, 7), 6, 37
+# (2, 7) tokens, D = 16, V = 37 (prime); blocks of 4 tokens and 8 classes divide nothing.
+# With 14 ≤ D tokens, "forward" without a token block keeps the logits in the kernel
+# gradient (the schedule for few tokens); with blocks of 4 tokens it does not.
+LEAD, D, V = (2, 7), 16, 37
 H_NP = rng.normal(size=LEAD + (D,))
 K_NP = rng.normal(size=(D, V)) * 0.7
 B_NP = rng.normal(size=(V,))
@@ -35,6 +37,11 @@ T_NP[1, 6] = -100
 T_NP[1, 0] = 2  # a real class, ignored in the "ignore-a-class" combination
 CT_NP = rng.normal(size=LEAD)  # cotangent for reduction="none"
 SMALL = dict(token_block=4, vocab_block=8)
+SCHEDULES = {
+    "recompute": dict(grad_mode="recompute", **SMALL),
+    "forward": dict(grad_mode="forward", **SMALL),
+    "forward-buffer": dict(grad_mode="forward", vocab_block=8),
+}
 
 # Correctness needs no optimised code: compiling at XLA's lowest backend level roughly
 # halves the compile time that dominates these tests.
@@ -73,11 +80,13 @@ COMBOS = {
 
 # (reduction, grad_mode, block sizes): small blocks exercise the loops and the shifted
 # last blocks; default blocks here cover all 37 classes in one block (logits reused).
+# "auto" and "forward" without a token block keep the logits in the kernel gradient.
 VARIANTS = (
     ("mean", "recompute", SMALL),
     ("sum", "forward", SMALL),
     ("none", "recompute", SMALL),
     ("mean", "auto", {}),
+    ("mean", "forward", {"vocab_block": 8}),
 )
 
 
@@ -124,7 +133,7 @@ def _run_combo(combo: dict):
         out = {}
         for red, mode, blocks in VARIANTS:
             vg = jax.value_and_grad(fused(red, mode, blocks), argnums=range(5), has_aux=True)
-            out[f"{red}/{mode}/{bool(blocks)}"] = vg(h, k, b, w, eps)
+            out[f"{red}/{mode}/{sorted(blocks)}"] = vg(h, k, b, w, eps)
         for red in ("mean", "sum", "none"):
             vg = jax.value_and_grad(reference(red), argnums=range(5), has_aux=True)
             out[f"ref/{red}"] = vg(h, k, b, w, eps)
@@ -139,7 +148,7 @@ def test_matches_materialised(name):
     out = _run_combo(combo)
     names = ("hidden", "kernel", "bias", "weight", "label_smoothing")
     for red, mode, blocks in VARIANTS:
-        (_, got), grads = out[f"{red}/{mode}/{bool(blocks)}"]
+        (_, got), grads = out[f"{red}/{mode}/{sorted(blocks)}"]
         (_, want), ref_grads = out[f"ref/{red}"]
         assert got.shape == want.shape == (() if red != "none" else LEAD)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=f"{red}/{mode}")
@@ -302,21 +311,22 @@ def test_semantics_edge_cases():
     h, k = jnp.asarray(H_NP.reshape(-1, D), jnp.float32), jnp.asarray(K_NP, jnp.float32)
     n = h.shape[0]
     all_ignored = jnp.full((n,), -100, jnp.int32)
-    for mode in ("recompute", "forward"):
-        vg = jax.value_and_grad(lambda h, t, m=mode: LCE(h, k, t, grad_mode=m, **SMALL))
-        f = jax.jit(vg).lower(h, all_ignored).compile(FAST)
-        v, g = f(h, all_ignored)
-        assert np.isnan(v) and np.all(g == 0), mode
+    # Kernel gradients too: without them "forward-buffer" has nowhere to keep the logits.
+    for name, sched in SCHEDULES.items():
+        vg = jax.value_and_grad(lambda h, k, t, s=sched: LCE(h, k, t, **s), argnums=(0, 1))
+        f = jax.jit(vg).lower(h, k, all_ignored).compile(FAST)
+        v, (gh, gk) = f(h, k, all_ignored)
+        assert np.isnan(v) and np.all(gh == 0) and np.all(gk == 0), name
 
     bad = jnp.asarray(T_NP.reshape(-1), jnp.int32).at[2].set(V)
-    v, _ = f(h, bad)
+    v, _ = f(h, k, bad)
     assert np.isnan(v)
     per = LCE(h, k, bad, reduction="none", **SMALL)
     assert np.isnan(per[2]) and np.all(np.isfinite(np.delete(np.asarray(per), 2)))
 
     t = jnp.asarray(T_NP.reshape(-1), jnp.int32).at[4].set(-100)
     h_nan = h.at[4].set(jnp.nan)
-    v, g = f(h_nan, t)
+    v, (g, _) = f(h_nan, k, t)
     rv = CE(h @ k, t)
     np.testing.assert_allclose(v, rv, rtol=1e-6)
     assert np.all(np.isfinite(g)) and np.all(g[4] == 0)
@@ -333,7 +343,7 @@ def test_semantics_edge_cases():
 def test_mean_with_zero_denominator_matches_cross_entropy(opts):
     """``mean`` whose denominator ``Σ w_t`` is 0 while the smoothing or z-loss sum is
     not: torch divides each term's sum apart, so 0/0 in the nll term makes the loss NaN
-    (not the ±inf of the combined sum over 0), in both gradient schedules. The
+    (not the ±inf of the combined sum over 0), in every gradient schedule. The
     gradients are non-finite at the same entries (±inf here where torch has NaN: the
     fused gradient is of the combined loss)."""
     h, k = jnp.asarray(H_NP.reshape(-1, D), jnp.float32), jnp.asarray(K_NP, jnp.float32)
@@ -341,13 +351,14 @@ def test_mean_with_zero_denominator_matches_cross_entropy(opts):
     w = jnp.ones((V,), jnp.float32).at[t].set(0.0)  # every target's weight is 0
     want = CE(h @ k, t, weight=w, **opts)
     assert np.isnan(want)
-    for mode in ("recompute", "forward"):
-        got = LCE(h, k, t, weight=w, grad_mode=mode, **SMALL, **opts)
-        assert np.isnan(got), (mode, float(got))
-        g = jax.grad(lambda h, m=mode: LCE(h, k, t, weight=w, grad_mode=m, **SMALL, **opts))(h)
-        g_ref = jax.grad(lambda h: CE(h @ k, t, weight=w, **opts))(h)
-        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(g_ref))
-        assert not np.all(np.isfinite(g))
+    for name, sched in SCHEDULES.items():
+        got = LCE(h, k, t, weight=w, **sched, **opts)
+        assert np.isnan(got), (name, float(got))
+        g = jax.grad(lambda h, k, s=sched: LCE(h, k, t, weight=w, **s, **opts), (0, 1))(h, k)
+        g_ref = jax.grad(lambda h, k: CE(h @ k, t, weight=w, **opts), (0, 1))(h, k)
+        for a, r in zip(g, g_ref, strict=True):
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(r), err_msg=name)
+            assert not np.all(np.isfinite(a)), name
     # A nonzero denominator is untouched by the degenerate-case correction.
     w2 = w.at[t[0]].set(1.5)
     np.testing.assert_allclose(
@@ -367,12 +378,12 @@ def test_frozen_inputs_and_forward_mode():
     h, k = jnp.asarray(H_NP, jnp.float32), jnp.asarray(K_NP, jnp.float32)
     t = jnp.asarray(T_NP, jnp.int32)
 
+    # With the kernel frozen, "forward-buffer" and "auto" fall back to token blocks.
+    schedules = [*SCHEDULES.values(), {}]
+
     def run(h):
         want = jax.grad(lambda h: CE(h @ k, t))(h)
-        got = [
-            jax.grad(lambda h, m=mode: LCE(h, k, t, grad_mode=m, **SMALL))(h)
-            for mode in ("forward", "recompute")
-        ]
+        got = [jax.grad(lambda h, s=s: LCE(h, k, t, **s))(h) for s in schedules]
         return want, got
 
     want, got = run_fast(run, h)
@@ -382,31 +393,64 @@ def test_frozen_inputs_and_forward_mode():
         jax.jvp(lambda h: LCE(h, k, t), (h,), (h,))
 
 
-def test_never_materialises_the_logits():
+@pytest.mark.parametrize(
+    "n,d,v,blocks",
+    [(512, 32, 4096, dict(token_block=128, vocab_block=512)), (256, 512, 32768, {})],
+    ids=["tokens-blocked", "logits-in-kernel-gradient"],
+)
+def test_never_materialises_the_logits(n, d, v, blocks):
     """The compiled ``value_and_grad`` holds no ``[N, V]`` array, and its temporary memory
-    is at most 1/16 of the materialised formulation's: with the default blocks, and with
-    ``grad_mode="recompute"`` and blocks of 128 × 512."""
-    n, d, v = 512, 32, 4096
+    is at most 1/16 of the materialised formulation's: with the default blocks (with
+    ``n ≤ d``, "forward" keeping the logits in the kernel gradient), with the kernel
+    frozen, and with ``grad_mode="recompute"`` (and given blocks)."""
     h = jnp.ones((n, d), jnp.float32)
     k = jnp.ones((d, v), jnp.float32)
     t = jnp.zeros((n,), jnp.int32)
+    recompute = dict(grad_mode="recompute", **blocks)
     cases = {
-        "default": lambda h, k: LCE(h, k, t, label_smoothing=0.1),
-        "recompute": lambda h, k: LCE(
-            h, k, t, label_smoothing=0.1, grad_mode="recompute", token_block=128, vocab_block=512
-        ),
-        "materialised": lambda h, k: CE(h @ k, t, label_smoothing=0.1),
+        "default": (lambda h, k: LCE(h, k, t, label_smoothing=0.1), (0, 1)),
+        "recompute": (lambda h, k: LCE(h, k, t, label_smoothing=0.1, **recompute), (0, 1)),
+        "frozen-kernel": (lambda h, k: LCE(h, k, t, label_smoothing=0.1), 0),
+        "materialised": (lambda h, k: CE(h @ k, t, label_smoothing=0.1), (0, 1)),
+        "materialised-frozen": (lambda h, k: CE(h @ k, t, label_smoothing=0.1), 0),
     }
     compiled = {
-        name: jax.jit(jax.value_and_grad(f, (0, 1))).lower(h, k).compile()
-        for name, f in cases.items()
+        name: jax.jit(jax.value_and_grad(f, argnums)).lower(h, k).compile()
+        for name, (f, argnums) in cases.items()
     }
     temp = {name: c.memory_analysis().temp_size_in_bytes for name, c in compiled.items()}
     assert temp["materialised"] >= n * v * 4  # the logits themselves, at least
-    for name in ("default", "recompute"):
-        assert temp[name] * 16 <= temp["materialised"], temp
+    for name, ref in (
+        ("default", "materialised"),
+        ("recompute", "materialised"),
+        ("frozen-kernel", "materialised-frozen"),
+    ):
+        assert temp[name] * 16 <= temp[ref], (name, temp)
         assert not re.search(rf"f32\[{n},{v}\]", compiled[name].as_text()), name
     assert re.search(rf"f32\[{n},{v}\]", compiled["materialised"].as_text())
+
+
+def test_schedule_choice():
+    """Which schedule runs: the logits go into the kernel gradient for a scalar loss
+    whose tokens (per device) fit in one block of at most ``D``; not per row, not with a
+    smaller token block, not with more tokens than ``D``."""
+    from jaxce.linear import _plan
+
+    def plan(grad_mode="auto", per_row=False, n=1024, d=1024, token_block=None):
+        return _plan(grad_mode, per_row, n, 32768, d, token_block, None)
+
+    mode, blocks = plan()
+    assert mode == "forward" and blocks["kernel_buffer"] and blocks["bt"] == 1024
+    assert blocks["transpose_hidden"]  # 1024·1024 values fit the budget of 2**20
+    assert plan(grad_mode="forward", token_block=2048)[1]["kernel_buffer"]
+    assert not plan(grad_mode="forward", token_block=512)[1]["kernel_buffer"]
+    assert not plan(n=1025)[1]["kernel_buffer"]
+    assert not plan(grad_mode="recompute")[1]["kernel_buffer"]
+    assert plan(per_row=True) == plan(grad_mode="recompute", per_row=True)
+    # Without the buffer, "auto" keeps its token-count rule.
+    assert plan(n=1024, d=256)[0] == "recompute"
+    assert plan(n=4096, d=256)[0] == "forward"
+    assert not plan(n=4096, d=256)[1]["kernel_buffer"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -476,8 +520,9 @@ def test_errors_name_argument_and_value(args, kwargs, exc, pieces):
 
 
 def test_benchmark_program_runs(tmp_path):
-    """``benchmarks/bench_linear.py`` on a tiny shape: it runs and writes its tables (the
-    times are not checked; the deviation from the materialised version is)."""
+    """``benchmarks/bench_linear.py`` on a tiny shape, with a block size: it runs and
+    writes its tables (the times are not checked; the deviation from the materialised
+    version is)."""
     import importlib.util
     import json
     import sys
@@ -491,9 +536,9 @@ def test_benchmark_program_runs(tmp_path):
         spec.loader.exec_module(bench)
     finally:
         sys.path.remove(str(bench_dir))
-    out = bench.main(
-        ["--shapes", "64x8x300", "--repeats", "1", "--variants", "auto", "--out", str(tmp_path)]
-    )
+    # Block options reach the fused cases only (the materialised one has no blocks).
+    argv = ["--shapes", "64x8x300", "--repeats", "1", "--variants", "auto", "--vocab-block", "128"]
+    out = bench.main(argv + ["--out", str(tmp_path)])
     rows = {r["impl"]: r for r in out["rows"]}
     assert set(rows) == {"materialised", "fused/auto"}
     assert rows["fused/auto"]["max_rel_dev"] < 1e-5
