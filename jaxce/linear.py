@@ -18,7 +18,10 @@ Gradients (a ``custom_vjp``) come in two schedules:
   scaled in the backward pass (Liger-Kernel's approach). Each token block's logits
   for all classes come from one matmul and are read block by block from there:
   about ``6·N·D·V`` flops, the materialised version's count, for a
-  ``token_block × V`` buffer.
+  ``token_block × V`` buffer. With ``N ≤ D`` tokens (per device) there is one token
+  block and no such buffer: the ``(D, V)`` kernel gradient, which has to exist
+  anyway, holds the ``N × V`` logits (written vocab block by vocab block) until each
+  block's gradient replaces them.
 
 The bias and the softcap are applied where the logits are read (fused into the
 reductions), so only matmul outputs are ever held. The target logit is picked by a
@@ -1091,8 +1094,10 @@ def linear_cross_entropy(
       z_loss: ``z ≥ 0``: PaLM's auxiliary ``z·logsumexp²`` (see above). Default off.
       softcap: ``s > 0`` replaces the logits by ``s·tanh(logits / s)`` (Gemma 2).
       token_block: tokens per block. Default: 1024 for ``"recompute"``; for
-        ``"forward"`` (which holds ``token_block × V`` logits) ``N/16`` clamped to
-        ``[32, 512]`` and to ``2**25 / V``. Sizes are per device under sharding.
+        ``"forward"``, all ``N`` tokens when ``N ≤ D`` (their logits are kept in the
+        kernel gradient's array), else ``N/16`` clamped to ``[32, 512]`` and to
+        ``2**25 / V`` (it holds ``token_block × V`` logits). Sizes are per device
+        under sharding.
       vocab_block: classes per block. Default: a power of two in ``[128, 2048]``
         such that ``(token_block + 2·D)·vocab_block`` stays within ``N·V/32``
         (clamped to ``[2**18, 2**23]``). Neither size needs to divide its axis, nor
@@ -1102,10 +1107,12 @@ def linear_cross_entropy(
         about ``8·N·D·V`` flops in all), ``"forward"`` (``sum``/``mean`` only:
         gradients computed during the forward pass of a differentiated call,
         Liger-Kernel's approach, about ``6·N·D·V`` flops) or ``"auto"``:
-        ``"forward"`` for ``sum``/``mean`` when its token block has at least 256
-        tokens (``N ≥ 4096`` with the default), else ``"recompute"`` (measured on
-        CPU; see the README, "Large vocabularies"). A call that is not differentiated never
-        computes gradients.
+        ``"forward"`` for ``sum``/``mean`` when ``N ≤ D`` or when its token block has
+        at least 256 tokens (``N ≥ 4096`` with the default), else ``"recompute"``
+        (measured on CPU; see the README, "Large vocabularies"). Without a kernel
+        gradient (a frozen ``kernel``) ``N ≤ D`` does not count, since the logits
+        have nowhere to go. A call that is not differentiated never computes
+        gradients.
       data_axis: mesh axis name (or tuple of names) over which ``hidden``'s first
         axis (and ``target``'s) is sharded (data parallelism).
       vocab_axis: mesh axis name (or tuple) over which ``kernel``'s class axis (and
