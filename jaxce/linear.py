@@ -197,7 +197,7 @@ def _update(carry, raw, b_blk, cols, colmask, t_b, w_blk, cfg):
     # shifted last block shares with the previous one was counted there.
     first = cols[0]
     idx = t_b - first
-    fresh = t_b >= (first if colmask is None else first + jnp.sum(~colmask))
+    fresh = t_b >= (first if colmask is None else first + jnp.sum(~colmask, dtype=jnp.int32))
     here = fresh & (idx < x.shape[1])
     at = jnp.clip(idx, 0, x.shape[1] - 1)
     picked = jnp.take_along_axis(raw, at[:, None], axis=1)[:, 0]

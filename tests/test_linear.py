@@ -194,38 +194,53 @@ def _torch_reference(torch, combo, reduction, h, k, b, w, t):
     return loss
 
 
-@pytest.mark.parametrize("name", ["weight-smoothing-bias", "all"])
+# (reduction, schedule) against torch: the defaults ("forward" keeping the logits in the
+# kernel gradient for mean/sum here, "recompute" for none), and the two blocked schedules.
+TORCH_VARIANTS = (
+    ("mean", {}),
+    ("sum", {}),
+    ("none", {}),
+    ("mean", SCHEDULES["recompute"]),
+    ("sum", SCHEDULES["forward"]),
+)
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
 def test_matches_torch_float64(torch, x64, name):
     combo = COMBOS[name]
     n = int(np.prod(LEAD))
-    h2, t1 = H_NP.reshape(n, D), T_NP.reshape(n)
-    reductions = ("mean", "sum", "none")
+    h2, t1 = H_NP.reshape(n, D), _target(combo).reshape(n)
     ct = CT_NP.reshape(n)
+    eps = 0.1 if combo.get("traced_eps") else combo.get("label_smoothing", 0.0)
 
-    def ours(h, k, b, w, t):
+    def ours(h, k, b, w, t, eps_arr):
         outs = []
-        for red in reductions:
+        for red, sched in TORCH_VARIANTS:
 
-            def f(h, k, b, red=red):
-                o = _opts(combo, w, None)
-                loss = LCE(h, k, t, bias=b if combo.get("bias") else None, reduction=red, **o)
+            def f(h, k, b, red=red, sched=sched):
+                o = _opts(combo, w, eps_arr)
+                bias = b if combo.get("bias") else None
+                loss = LCE(h, k, t, bias=bias, reduction=red, **sched, **o)
                 return (jnp.sum(loss * ct) if red == "none" else loss), loss
 
             outs.append(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(h, k, b))
         return outs
 
-    args = (jnp.asarray(a, jnp.float64) for a in (h2, K_NP, B_NP, W_NP))
-    outs = run_fast(ours, *args, jnp.asarray(t1, jnp.int32))
-    for red, ((_, value), grads) in zip(reductions, outs, strict=True):
+    args = [jnp.asarray(a, jnp.float64) for a in (h2, K_NP, B_NP, W_NP)]
+    outs = run_fast(ours, *args, jnp.asarray(t1, jnp.int32), jnp.asarray(eps, jnp.float64))
+    for (red, sched), ((_, value), grads) in zip(TORCH_VARIANTS, outs, strict=True):
         th, tk, tb = (torch.tensor(a, requires_grad=True) for a in (h2, K_NP, B_NP))
         tw, tt = torch.tensor(W_NP), torch.tensor(t1)
-        loss = _torch_reference(torch, combo, red, th, tk, tb, tw, tt)
+        loss = _torch_reference(torch, {**combo, "label_smoothing": eps}, red, th, tk, tb, tw, tt)
         (loss * torch.tensor(ct) if red == "none" else loss).sum().backward()
-        np.testing.assert_allclose(value, loss.detach().numpy(), rtol=1e-12, atol=1e-12)
+        what = f"{red}/{sched.get('grad_mode', 'auto')}"
+        np.testing.assert_allclose(
+            value, loss.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=what
+        )
         for g, tg in zip(grads, (th.grad, tk.grad, tb.grad), strict=True):
             if not combo.get("bias") and tg is None:
                 continue
-            np.testing.assert_allclose(g, tg.numpy(), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(g, tg.numpy(), rtol=1e-10, atol=1e-12, err_msg=what)
 
 
 # --------------------------------------------------------------------------- bfloat16
