@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 import jaxce
 from jaxce.linear import linear_cross_entropy as LCE
@@ -241,6 +243,86 @@ def test_matches_torch_float64(torch, x64, name):
             if not combo.get("bias") and tg is None:
                 continue
             np.testing.assert_allclose(g, tg.numpy(), rtol=1e-10, atol=1e-12, err_msg=what)
+
+
+@st.composite
+def _random_configs(draw):
+    """Shapes with N < D, N = D and N > D, blocks that divide nothing or exceed their
+    axis, every schedule and reduction, options on and off, a frozen kernel or not."""
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    modes = ["auto", "recompute"] + (["forward"] if reduction != "none" else [])
+    return dict(
+        n=draw(st.integers(1, 9)),
+        d=draw(st.integers(1, 9)),
+        v=draw(st.integers(2, 23)),
+        token_block=draw(st.none() | st.integers(1, 10)),
+        vocab_block=draw(st.none() | st.integers(1, 25)),
+        grad_mode=draw(st.sampled_from(modes)),
+        reduction=reduction,
+        bias=draw(st.booleans()),
+        weight=draw(st.booleans()),
+        label_smoothing=draw(st.sampled_from([0.0, 0.05, 0.3])),
+        z_loss=draw(st.sampled_from([0.0, 1e-2])),
+        softcap=draw(st.sampled_from([None, 2.5])),
+        frozen_kernel=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@settings(
+    max_examples=40,
+    phases=(Phase.explicit, Phase.generate),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    # The `torch` fixture only imports torch (or skips): nothing to reset per example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(cfg=_random_configs())
+def test_random_configurations_against_torch(torch, cfg):
+    """Live randomized parity with torch in float64: values and the gradients for
+    ``hidden``, ``kernel`` (unless frozen) and ``bias``."""
+    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+    rng = np.random.default_rng(cfg["seed"])
+    h, k, b = rng.normal(size=(n, d)), rng.normal(size=(d, v)), rng.normal(size=(v,))
+    w = rng.uniform(0.3, 2.0, size=(v,))
+    t = rng.integers(0, v, size=(n,))
+    t[1:][rng.random(n - 1) < 0.3] = -100  # the first position always counts
+    ct = rng.normal(size=(n,))
+    combo = {key: cfg[key] for key in ("bias", "weight", "label_smoothing", "z_loss", "softcap")}
+    opts = {key: cfg[key] for key in ("token_block", "vocab_block", "grad_mode", "reduction")}
+    opts.update(label_smoothing=cfg["label_smoothing"], z_loss=cfg["z_loss"])
+    opts["softcap"] = cfg["softcap"]
+    red = cfg["reduction"]
+    argnums = (0, 2) if cfg["frozen_kernel"] else (0, 1, 2)
+
+    with jax.enable_x64(True):
+        ja = [jnp.asarray(a, jnp.float64) for a in (h, k, b, w, ct)]
+        jt = jnp.asarray(t, jnp.int32)
+
+        def f(h, k, b):
+            loss = LCE(
+                h,
+                k,
+                jt,
+                bias=b if cfg["bias"] else None,
+                weight=ja[3] if cfg["weight"] else None,
+                **opts,
+            )
+            return jnp.sum(loss * ja[4]) if red == "none" else loss
+
+        value, grads = run_fast(jax.value_and_grad(f, argnums), *ja[:3])
+
+    th, tk, tb = (torch.tensor(a, requires_grad=True) for a in (h, k, b))
+    loss = _torch_reference(torch, combo, red, th, tk, tb, torch.tensor(w), torch.tensor(t))
+    loss = (loss * torch.tensor(ct)).sum() if red == "none" else loss
+    loss.backward()
+    np.testing.assert_allclose(value, loss.detach().numpy(), rtol=1e-10, atol=1e-12)
+    wanted = {0: th.grad, 1: tk.grad, 2: tb.grad if cfg["bias"] else torch.zeros(v)}
+    for i, g in zip(argnums, grads, strict=True):
+        want = wanted[i].numpy()
+        scale = float(np.max(np.abs(want))) or 1.0
+        np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-12 * scale, err_msg=str(i))
 
 
 # --------------------------------------------------------------------------- bfloat16
