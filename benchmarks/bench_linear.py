@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 
 import jaxce  # noqa: E402
 
-DEFAULT_SHAPES = [(1024, 256, 32768), (4096, 256, 32768), (1024, 1024, 32768), (4096, 1024, 32768)]
+# The CPU range, N = 1024–4096 × D = 256–1024 at V = 32768, corners and interior.
+DEFAULT_SHAPES = [(n, d, 32768) for n in (1024, 2048, 4096) for d in (256, 512, 1024)]
 QUICK_SHAPES = [(1024, 256, 32768)]
 VARIANTS = {
     "forward": {"grad_mode": "forward"},

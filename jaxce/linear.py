@@ -64,7 +64,7 @@ FORWARD_MAX_ELEMENTS = 1 << 25
 # "auto" uses "forward" for sum/mean when its token block would be at least this large:
 # with fewer tokens per block, the kernel-gradient products (inner size token_block)
 # are slower on CPU than recomputing the logits.
-AUTO_FORWARD_MIN_TOKENS = 256
+AUTO_FORWARD_MIN_TOKENS = 128
 
 
 class _Cfg(NamedTuple):
@@ -86,9 +86,9 @@ class _Cfg(NamedTuple):
     # `mean` with label smoothing or z-loss: also sum the rule's terms apart, so that a
     # zero denominator gives torch's value (see `_linear_impl`).
     split_terms: bool = False
-    # "forward" with one token block of n ≤ d tokens: the logits are held in the kernel
-    # gradient's own array (see `_gradient_sweep`).
-    kernel_buffer: bool = False
+    # "forward": the first `head` (≤ d) tokens form one token block whose logits are held
+    # in the kernel gradient's own array (see `_gradient_sweep`); all n when n ≤ d.
+    head: int = 0
     # The kernel-gradient product reads a transposed copy of the token block's hidden
     # states (token_block × d), made once per token block (see `_block_grads`).
     transpose_hidden: bool = False
@@ -565,11 +565,11 @@ def _gradient_sweep(cfg, need, a: dict):
     n, cdt = cfg.n, cfg.cdt
     zero = _zero(cfg)
     saved = a["m"] is not None
-    # The kernel gradient's (d, v) array holds the logits of the only token block
-    # (n ≤ d) until each vocab block's gradient replaces them: the forward schedule's
-    # matmul count with no logits-sized temporary.
-    buffered = cfg.kernel_buffer and not saved
-    if buffered and not (need.kernel and cfg.nt == 1 and cfg.n <= cfg.d):
+    # The kernel gradient's (d, v) array holds the logits of the first `head` ≤ d tokens
+    # until each vocab block's gradient replaces them: the forward schedule's matmul
+    # count with no logits-sized temporary. The other tokens then add to it block by block.
+    buffered = cfg.head > 0 and not saved
+    if buffered and not (need.kernel and cfg.head <= min(n, cfg.d)):
         raise AssertionError(f"kernel buffer without a place for the logits: {cfg}, {need}")
     keys = ("hidden", "t", "valid", "bad", "w_t", "r", "m", "log_s", "shifted_t", "wsh")
     rows_in = {k: a[k] for k in keys}
@@ -582,58 +582,72 @@ def _gradient_sweep(cfg, need, a: dict):
         zero,
     )
 
-    def body(b, carry):
-        loss_sum, dh, acc, d_w_t, d_total, d_eps = carry
-        start, new = _row_block(b, cfg)
-        r = _rows(rows_in, start, cfg)
-        valid, bad = r["valid"] & new, r["bad"] & new
-        ok = valid & ~bad
-        t_b = _local_target(r["t"], cfg)
-        x = None
-        if saved:
-            st = _Stats(r["m"], r["log_s"], r["shifted_t"], r["wsh"])
-        else:
-            st, x = _block_stats(
+    def phase(c, offset, head):
+        """The loop body over the ``c.n`` tokens from row ``offset`` (``head``: the one
+        block whose logits go in the kernel gradient)."""
+
+        def body(b, carry):
+            loss_sum, dh, acc, d_w_t, d_total, d_eps = carry
+            start, new = _row_block(b, c)
+            start = start + offset
+            r = _rows(rows_in, start, c)
+            valid, bad = r["valid"] & new, r["bad"] & new
+            ok = valid & ~bad
+            t_b = _local_target(r["t"], c)
+            x = None
+            if saved:
+                st = _Stats(r["m"], r["log_s"], r["shifted_t"], r["wsh"])
+            else:
+                st, x = _block_stats(
+                    r["hidden"],
+                    t_b,
+                    a["kernel"],
+                    a["bias"],
+                    a["weight"],
+                    c,
+                    full=True,
+                    sink=acc.kernel if head else None,
+                )
+                if head:
+                    acc, x = acc._replace(kernel=x), None
+                loss_b, terms_b = _row_loss(st, r["w_t"], a["total"], _eps(c, a), valid, bad, c)
+                loss_sum = (loss_sum[0] + jnp.sum(loss_b), _add_terms(loss_sum[1], terms_b))
+            cot = ok.astype(cdt) if r["r"] is None else r["r"]
+            rg = _row_grads(st, cot, ok, r["w_t"], a["total"], _eps(c, a), need, c)
+            dh_b, acc = _block_grads(
                 r["hidden"],
                 t_b,
+                ok,
+                rg,
                 a["kernel"],
                 a["bias"],
                 a["weight"],
-                cfg,
-                full=True,
-                sink=acc.kernel if buffered else None,
+                acc,
+                c,
+                need,
+                x,
+                buffered=head,
             )
-            if buffered:
-                acc, x = acc._replace(kernel=x), None
-            loss_b, terms_b = _row_loss(st, r["w_t"], a["total"], _eps(cfg, a), valid, bad, cfg)
-            loss_sum = (loss_sum[0] + jnp.sum(loss_b), _add_terms(loss_sum[1], terms_b))
-        cot = ok.astype(cdt) if r["r"] is None else r["r"]
-        rg = _row_grads(st, cot, ok, r["w_t"], a["total"], _eps(cfg, a), need, cfg)
-        dh_b, acc = _block_grads(
-            r["hidden"],
-            t_b,
-            ok,
-            rg,
-            a["kernel"],
-            a["bias"],
-            a["weight"],
-            acc,
-            cfg,
-            need,
-            x,
-            buffered=buffered,
-        )
-        if need.hidden:
-            dh = dh_b if buffered else _write_rows(dh, dh_b, new, start)
-        if need.w_t:
-            d_w_t = _write_rows(d_w_t, rg.d_w_t, new, start)
-        if need.total_weight:
-            d_total = d_total + rg.d_total
-        if need.eps:
-            d_eps = d_eps + rg.d_eps
-        return loss_sum, dh, acc, d_w_t, d_total, d_eps
+            if need.hidden:
+                dh = dh_b if head and c.n == n else _write_rows(dh, dh_b, new, start)
+            if need.w_t:
+                d_w_t = _write_rows(d_w_t, rg.d_w_t, new, start)
+            if need.total_weight:
+                d_total = d_total + rg.d_total
+            if need.eps:
+                d_eps = d_eps + rg.d_eps
+            return loss_sum, dh, acc, d_w_t, d_total, d_eps
 
-    return _token_loop(cfg, body, init)
+        return body
+
+    if not buffered:
+        return _token_loop(cfg, phase(cfg, 0, False), init)
+    first = cfg._replace(n=cfg.head, bt=cfg.head)
+    carry = phase(first, 0, True)(0, init)
+    if cfg.head == n:
+        return carry
+    rest = cfg._replace(n=n - cfg.head, bt=min(cfg.bt, n - cfg.head))
+    return _token_loop(rest, phase(rest, cfg.head, False), carry)
 
 
 # --------------------------------------------------------------------------- custom_vjp
@@ -871,17 +885,21 @@ def _forward_tokens(n: int, v: int) -> int:
     return min(max(n // 16, lo), hi, max(8, FORWARD_MAX_ELEMENTS // max(v, 1)))
 
 
-def _kernel_buffer_fits(n: int, d: int, token_block) -> bool:
-    """Whether "forward" can hold the logits in the kernel gradient (one token block)."""
-    return n <= d and (token_block is None or token_block >= n)
+def _head_tokens(n: int, d: int, token_block) -> int:
+    """How many leading tokens "forward" puts in one block whose logits are kept in the
+    kernel gradient: all ``n`` when ``n ≤ d`` (and no smaller token block is asked
+    for), else ``d`` when no token block is given."""
+    if n <= d and (token_block is None or token_block >= n):
+        return n
+    return d if token_block is None else 0
 
 
-def _choose_mode(grad_mode: str, per_row: bool, n: int, v: int, token_block, buffer: bool) -> str:
+def _choose_mode(grad_mode, per_row: bool, n: int, v: int, head: int, token_block) -> str:
     if grad_mode != "auto":
         return grad_mode
     if per_row:
         return "recompute"
-    if buffer:
+    if 2 * head >= n:
         return "forward"
     tokens = token_block or _forward_tokens(n, v)
     return "forward" if min(tokens, n) >= AUTO_FORWARD_MIN_TOKENS else "recompute"
@@ -891,12 +909,13 @@ def _plan(grad_mode, per_row, n, v, d, token_block, vocab_block, allow_buffer=Tr
     """``(mode, blocks)`` for ``n`` tokens and ``v`` classes per device: ``blocks`` are
     the block fields of :class:`_Cfg`. The blocks (a transposed token block of hidden
     states included) stay within a budget of ``n·v/32`` values (clamped to
-    ``BUDGET_RANGE``); "forward" keeps the logits in the kernel gradient when
-    ``n ≤ d`` (and ``allow_buffer``)."""
-    buffer = allow_buffer and not per_row and _kernel_buffer_fits(n, d, token_block)
-    mode = _choose_mode(grad_mode, per_row, n, v, token_block, buffer)
-    kernel_buffer = buffer and mode == "forward"
-    if kernel_buffer:
+    ``BUDGET_RANGE``). "forward" keeps the logits of its first ``head`` tokens in the
+    kernel gradient (see :func:`_head_tokens`; none without ``allow_buffer``)."""
+    head = _head_tokens(n, d, token_block) if allow_buffer and not per_row else 0
+    mode = _choose_mode(grad_mode, per_row, n, v, head, token_block)
+    if mode != "forward":
+        head = 0
+    if head == n:
         bt = n
     elif token_block:
         bt = token_block
@@ -912,13 +931,13 @@ def _plan(grad_mode, per_row, n, v, d, token_block, vocab_block, allow_buffer=Tr
         lo, hi = VOCAB_BLOCK_RANGE
         bv = min(max(_pow2_floor(budget / (bt + 2 * d)), lo), hi)
     # The transposed copy fits beside the blocks when it and the hidden-gradient
-    # accumulator of a token block (none with the kernel buffer, which updates the
-    # gradient in place) take at most the budget.
-    transpose_hidden = bt * d * (1 if kernel_buffer else 2) <= budget
+    # accumulator of a token block (none for the head block, which updates the gradient
+    # in place) take at most the budget.
+    transpose_hidden = max(head * d, 0 if head == n else 2 * bt * d) <= budget
     blocks = dict(
         bt=bt,
         bv=max(1, min(bv, v)),
-        kernel_buffer=kernel_buffer,
+        head=head,
         transpose_hidden=transpose_hidden,
     )
     return mode, blocks
@@ -1019,7 +1038,7 @@ def _linear_impl(
         **blocks,
     )
     fallback = None
-    if cfg.kernel_buffer:
+    if cfg.head:
         # Without a kernel gradient there is nowhere to keep the logits.
         mode2, blocks2 = plan(allow_buffer=False)
         fallback = (mode2, cfg._replace(**blocks2))

@@ -33,6 +33,7 @@ CHECKS = [
     "lce-forward-2d-auto",
     "lce-buffer-2d-auto",
     "lce-buffer-data-explicit",
+    "lce-head-vocab-auto",
     "lce-gspmd-only-2d-auto",
     "ce-long-rows-vocab-auto",
     "ce-long-rows-2d-auto",
@@ -208,11 +209,13 @@ def main() -> None:
     checks["ce-vocab-explicit-sharded-weight"] = (check_ce, ("vocab", "explicit"), {})
     checks["lce-none-2d-explicit"] = (check_lce, ("2d", "explicit"), {"reduction": "none"})
     checks["lce-forward-2d-auto"] = (check_lce, ("2d", "auto"), {"mode": "forward"})
-    # "forward" with one token block per device (≤ D tokens): the logits are kept in the
-    # kernel gradient.
+    # "forward" without token blocks: with ≤ D tokens per device all logits are kept in
+    # the kernel gradient.
     whole = {"mode": "forward", "blocks": {"token_block": None}}
     checks["lce-buffer-2d-auto"] = (check_lce, ("2d", "auto"), whole)
     checks["lce-buffer-data-explicit"] = (check_lce, ("data", "explicit"), whole)
+    # 48 tokens per device > D: the first 24 in the kernel gradient, the rest in a block.
+    checks["lce-head-vocab-auto"] = (check_lce, ("vocab", "auto"), whole)
     # Without data_axis/vocab_axis under Auto axes: GSPMD alone (values only).
     checks["lce-gspmd-only-2d-auto"] = (check_lce, ("2d", "auto"), {"name_axes": False})
     checks["ce-long-rows-vocab-auto"] = (check_ce_long_rows, ("vocab",), {})

@@ -28,6 +28,8 @@ rng = np.random.default_rng(20240611)
 # (2, 7) tokens, D = 16, V = 37 (prime); blocks of 4 tokens and 8 classes divide nothing.
 # With 14 ≤ D tokens, "forward" without a token block keeps the logits in the kernel
 # gradient (the schedule for few tokens); with blocks of 4 tokens it does not.
+# With D = 5 < 14 tokens (HEAD_D), "forward" keeps the logits of the first 5 tokens in
+# the kernel gradient and blocks the other 9.
 LEAD, D, V = (2, 7), 16, 37
 H_NP = rng.normal(size=LEAD + (D,))
 K_NP = rng.normal(size=(D, V)) * 0.7
@@ -166,6 +168,62 @@ def test_matches_materialised(name):
             assert float(jnp.max(jnp.abs(grads[2]))) > 0
 
 
+HEAD_D = 5
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
+def test_head_block_matches_materialised(name):
+    """``N > D``: "forward" (and "auto") put the first ``D`` tokens' logits in the kernel
+    gradient and take the other tokens in blocks; every option, both scalar reductions,
+    one vocab block and shifted ones."""
+    combo = COMBOS[name]
+    h = jnp.asarray(H_NP[..., :HEAD_D], jnp.float32)
+    k = jnp.asarray(K_NP[:HEAD_D], jnp.float32)
+    b, w = jnp.asarray(B_NP, jnp.float32), jnp.asarray(W_NP, jnp.float32)
+    t = jnp.asarray(_target(combo), jnp.int32)
+    eps0 = jnp.asarray(0.1, jnp.float32)
+    bias = combo.get("bias", False)
+    variants = [
+        ("sum", "forward", {"vocab_block": 8}),
+        ("mean", "forward", {}),
+        ("mean", "auto", {}),
+    ]
+
+    def run(h, k, b, w, eps):
+        out = []
+        for red, mode, blocks in variants:
+
+            def f(h, k, b, w, eps, red=red, mode=mode, blocks=blocks):
+                o = _opts(combo, w, eps)
+                return LCE(
+                    h, k, t, bias=b if bias else None, reduction=red, grad_mode=mode, **blocks, **o
+                )
+
+            def r(h, k, b, w, eps, red=red):
+                logits = h @ k + (b if bias else jnp.zeros((), jnp.float32))
+                return CE(logits, t, reduction=red, **_opts(combo, w, eps))
+
+            out.append(
+                (
+                    jax.value_and_grad(f, range(5))(h, k, b, w, eps),
+                    jax.value_and_grad(r, range(5))(h, k, b, w, eps),
+                )
+            )
+        return out
+
+    for (red, mode, blocks), ((v, g), (rv, rg)) in zip(
+        variants, run_fast(run, h, k, b, w, eps0), strict=True
+    ):
+        what = f"{red}/{mode}/{blocks}"
+        np.testing.assert_allclose(v, rv, rtol=2e-6, atol=2e-6, err_msg=what)
+        for i, (a, ref) in enumerate(zip(g, rg, strict=True)):
+            scale = float(jnp.max(jnp.abs(ref))) or 1.0
+            np.testing.assert_allclose(
+                a, ref, rtol=1e-5, atol=2e-6 * scale, err_msg=f"{what} arg {i}"
+            )
+        assert float(jnp.max(jnp.abs(g[1]))) > 0
+
+
 # --------------------------------------------------------------------------- torch
 
 
@@ -255,7 +313,7 @@ def _random_configs(draw):
         n=draw(st.integers(1, 9)),
         d=draw(st.integers(1, 9)),
         v=draw(st.integers(2, 23)),
-        token_block=draw(st.none() | st.integers(1, 10)),
+        token_block=draw(st.sampled_from([None, None, 1, 2, 3, 4, 5, 7, 10])),
         vocab_block=draw(st.none() | st.integers(1, 25)),
         grad_mode=draw(st.sampled_from(modes)),
         reduction=reduction,
@@ -264,7 +322,7 @@ def _random_configs(draw):
         label_smoothing=draw(st.sampled_from([0.0, 0.05, 0.3])),
         z_loss=draw(st.sampled_from([0.0, 1e-2])),
         softcap=draw(st.sampled_from([None, 2.5])),
-        frozen_kernel=draw(st.booleans()),
+        frozen_kernel=draw(st.sampled_from([False, False, True])),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -528,26 +586,35 @@ def test_never_materialises_the_logits(n, d, v, blocks):
 
 
 def test_schedule_choice():
-    """Which schedule runs: the logits go into the kernel gradient for a scalar loss
-    whose tokens (per device) fit in one block of at most ``D``; not per row, not with a
-    smaller token block, not with more tokens than ``D``."""
+    """Which schedule runs. "forward" puts the logits of its first min(N, D) tokens in the
+    kernel gradient (all of them when N ≤ D, unless a smaller token block is given; none
+    with any token block when N > D); "auto" takes "forward" for a scalar loss when
+    that covers at least half the tokens, or when its token blocks have ≥ 128 tokens."""
     from jaxce.linear import _plan
 
-    def plan(grad_mode="auto", per_row=False, n=1024, d=1024, token_block=None):
-        return _plan(grad_mode, per_row, n, 32768, d, token_block, None)
+    def plan(grad_mode="auto", per_row=False, n=1024, d=1024, token_block=None, **kw):
+        return _plan(grad_mode, per_row, n, 32768, d, token_block, None, **kw)
 
     mode, blocks = plan()
-    assert mode == "forward" and blocks["kernel_buffer"] and blocks["bt"] == 1024
+    assert mode == "forward" and blocks["head"] == blocks["bt"] == 1024
     assert blocks["transpose_hidden"]  # 1024·1024 values fit the budget of 2**20
-    assert plan(grad_mode="forward", token_block=2048)[1]["kernel_buffer"]
-    assert not plan(grad_mode="forward", token_block=512)[1]["kernel_buffer"]
-    assert not plan(n=1025)[1]["kernel_buffer"]
-    assert not plan(grad_mode="recompute")[1]["kernel_buffer"]
+    assert plan(grad_mode="forward", token_block=2048)[1]["head"] == 1024
+    assert plan(grad_mode="forward", token_block=512)[1]["head"] == 0
+    assert plan(grad_mode="forward", n=2048, token_block=512)[1]["head"] == 0
+    assert plan(grad_mode="recompute")[1]["head"] == 0
     assert plan(per_row=True) == plan(grad_mode="recompute", per_row=True)
-    # Without the buffer, "auto" keeps its token-count rule.
-    assert plan(n=1024, d=256)[0] == "recompute"
-    assert plan(n=4096, d=256)[0] == "forward"
-    assert not plan(n=4096, d=256)[1]["kernel_buffer"]
+    # N > D: a head of D tokens, then token blocks of N/16.
+    assert plan(n=1024, d=768) == ("forward", plan(n=1024, d=768)[1])
+    assert plan(n=1024, d=768)[1]["head"] == 768 and plan(n=1024, d=768)[1]["bt"] == 64
+    assert plan(n=1024, d=512)[0] == "forward"
+    assert plan(n=1024, d=256) == ("recompute", plan(n=1024, d=256)[1])
+    assert plan(n=1024, d=256)[1]["head"] == 0
+    assert plan(n=2048, d=256)[0] == "forward" and plan(n=2048, d=256)[1]["head"] == 256
+    # Without a kernel gradient (the fallback) there is no head, and "auto" keeps its
+    # token-count rule.
+    assert plan(allow_buffer=False)[1]["head"] == 0
+    assert plan(n=1024, d=768, allow_buffer=False)[0] == "recompute"
+    assert plan(n=2048, d=768, allow_buffer=False)[0] == "forward"
 
 
 # --------------------------------------------------------------------------- errors
