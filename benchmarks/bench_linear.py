@@ -254,7 +254,7 @@ def main(argv=None) -> dict:
     env = harness.environment()
     log(f"backend {env['backend']}, {env['cores']} cores; shapes {shapes}, dtypes {dtypes}")
 
-    timings, agreement = [], {}
+    agreement, all_cases = {}, []
     for shape in shapes:
         for dtype in dtypes:
             inputs = make_inputs(shape, jnp.dtype(dtype))
@@ -262,11 +262,13 @@ def main(argv=None) -> dict:
             key = ("x".join(map(str, shape)), dtype)
             agreement[key] = check_agreement(cases)
             log(f"{key}: max relative deviation from materialised {agreement[key]:.2e}")
-            # Large programs: one call per sample, no warm-up beyond the first call.
-            timings += harness.time_side_by_side(
-                cases, repeats=repeats, warmup=1, min_sample_s=0.0, log=log
-            )
-            del inputs, cases
+            all_cases += cases
+    # Every shape's cases in one interleaved loop: a slow minute on a shared machine then
+    # spreads over all shapes instead of skewing one shape's ratios. Large programs: one
+    # call per sample, no warm-up beyond the first call.
+    timings = harness.time_side_by_side(
+        all_cases, repeats=repeats, warmup=1, min_sample_s=0.0, log=log
+    )
 
     rows = summarize(timings, agreement)
     text = markdown(rows, env)
