@@ -18,10 +18,11 @@ Gradients (a ``custom_vjp``) come in two schedules:
   scaled in the backward pass (Liger-Kernel's approach). Each token block's logits
   for all classes come from one matmul and are read block by block from there:
   about ``6·N·D·V`` flops, the materialised version's count, for a
-  ``token_block × V`` buffer. With ``N ≤ D`` tokens (per device) there is one token
-  block and no such buffer: the ``(D, V)`` kernel gradient, which has to exist
-  anyway, holds the ``N × V`` logits (written vocab block by vocab block) until each
-  block's gradient replaces them.
+  ``token_block × V`` buffer. The first ``min(N, D)`` tokens (per device) need no
+  such buffer: before any other token block adds to it, the ``(D, V)`` kernel
+  gradient, which has to exist anyway, holds their logits (written vocab block by
+  vocab block) until each vocab block's gradient replaces them. With ``N ≤ D`` that
+  is every token.
 
 The bias and the softcap are applied where the logits are read (fused into the
 reductions), so only matmul outputs are ever held. The target logit is picked by a
@@ -61,9 +62,10 @@ VOCAB_BLOCK_RANGE = (128, 2048)
 BUDGET_RANGE = (1 << 18, 1 << 23)
 FORWARD_TOKEN_RANGE = (32, 512)
 FORWARD_MAX_ELEMENTS = 1 << 25
-# "auto" uses "forward" for sum/mean when its token block would be at least this large:
-# with fewer tokens per block, the kernel-gradient products (inner size token_block)
-# are slower on CPU than recomputing the logits.
+# "auto" uses "forward" for sum/mean when its token block would be at least this large
+# (or when the kernel gradient holds at least half the tokens' logits): with fewer
+# tokens per block, reading and writing the kernel gradient for every block is slower
+# on CPU than recomputing the logits.
 AUTO_FORWARD_MIN_TOKENS = 128
 
 
@@ -1113,10 +1115,11 @@ def linear_cross_entropy(
       z_loss: ``z ≥ 0``: PaLM's auxiliary ``z·logsumexp²`` (see above). Default off.
       softcap: ``s > 0`` replaces the logits by ``s·tanh(logits / s)`` (Gemma 2).
       token_block: tokens per block. Default: 1024 for ``"recompute"``; for
-        ``"forward"``, all ``N`` tokens when ``N ≤ D`` (their logits are kept in the
-        kernel gradient's array), else ``N/16`` clamped to ``[32, 512]`` and to
-        ``2**25 / V`` (it holds ``token_block × V`` logits). Sizes are per device
-        under sharding.
+        ``"forward"``, one block of the first ``min(N, D)`` tokens (their logits are
+        kept in the kernel gradient's array), then blocks of ``N/16`` tokens clamped
+        to ``[32, 512]`` and to ``2**25 / V`` (each holds ``token_block × V``
+        logits). A given size applies to every block. Sizes are per device under
+        sharding.
       vocab_block: classes per block. Default: a power of two in ``[128, 2048]``
         such that ``(token_block + 2·D)·vocab_block`` stays within ``N·V/32``
         (clamped to ``[2**18, 2**23]``). Neither size needs to divide its axis, nor
@@ -1126,12 +1129,14 @@ def linear_cross_entropy(
         about ``8·N·D·V`` flops in all), ``"forward"`` (``sum``/``mean`` only:
         gradients computed during the forward pass of a differentiated call,
         Liger-Kernel's approach, about ``6·N·D·V`` flops) or ``"auto"``:
-        ``"forward"`` for ``sum``/``mean`` when ``N ≤ D`` or when its token block has
-        at least 256 tokens (``N ≥ 4096`` with the default), else ``"recompute"``
-        (measured on CPU; see the README, "Large vocabularies"). Without a kernel
-        gradient (a frozen ``kernel``) ``N ≤ D`` does not count, since the logits
-        have nowhere to go. A call that is not differentiated never computes
-        gradients.
+        ``"forward"`` for ``sum``/``mean`` when ``N ≤ 2·D`` and no ``token_block``
+        is given (at least half the tokens have their logits kept in the kernel
+        gradient) or when its token blocks have at least 128 tokens (``N ≥ 2048``
+        with the default), else
+        ``"recompute"`` (measured on CPU; see the README, "Large vocabularies").
+        Without a kernel gradient (a frozen ``kernel``) no logits are kept there
+        and only the token-block rule counts. A call that is not differentiated
+        never computes gradients.
       data_axis: mesh axis name (or tuple of names) over which ``hidden``'s first
         axis (and ``target``'s) is sharded (data parallelism).
       vocab_axis: mesh axis name (or tuple) over which ``kernel``'s class axis (and
