@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxce
@@ -327,15 +327,7 @@ def _random_configs(draw):
     )
 
 
-@settings(
-    max_examples=40,
-    phases=(Phase.explicit, Phase.generate),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    # The `torch` fixture only imports torch (or skips): nothing to reset per example.
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=40)  # the rest: the "jaxce" profile (conftest.py)
 @given(cfg=_random_configs())
 def test_random_configurations_against_torch(torch, cfg):
     """Live randomized parity with torch in float64: values and the gradients for

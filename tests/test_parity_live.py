@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxce
@@ -36,16 +36,7 @@ import jaxce
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-PARITY = settings(
-    max_examples=30,
-    # No shrinking: a failing example is reported as drawn (its seed reproduces it), and
-    # the file's runtime stays bounded when something fails.
-    phases=(Phase.explicit, Phase.generate),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PARITY = settings(max_examples=30)  # the rest: the "jaxce" profile (conftest.py)
 
 # (rtol, atol) per dtype; atol is scaled by the magnitude of the reference.
 TOL = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}

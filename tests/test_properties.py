@@ -11,21 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxce
 
-PROPS = settings(
-    max_examples=10,
-    # No shrinking: a failing example is reported as drawn (its seed reproduces it), and
-    # the file's runtime stays bounded when something fails.
-    phases=(Phase.explicit, Phase.generate),
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPS = settings(max_examples=10)  # the rest: the "jaxce" profile (conftest.py)
 
 RTOL, ATOL = 1e-10, 1e-12  # float64 comparisons
 
