@@ -468,8 +468,7 @@ def _add_product_by_rows(dh, gm, k, cfg):
     dims = (((1,), (1,)), ((), ()))
 
     def chunk(q, dh):
-        start = jnp.minimum(q * size, rows - size)
-        new = (start + lax.iota(jnp.int32, size)) >= q * size
+        start, new = _shifted_block(q, size, rows)
         prod = lax.dot_general(
             lax.dynamic_slice_in_dim(gm, start, size, axis=0),
             k,
@@ -477,8 +476,7 @@ def _add_product_by_rows(dh, gm, k, cfg):
             preferred_element_type=cfg.cdt,
         )
         cur = lax.dynamic_slice_in_dim(dh, start, size, axis=0)
-        upd = jnp.where(new[:, None], cur + prod, cur)
-        return lax.dynamic_update_slice_in_dim(dh, upd, start, axis=0)
+        return _write_rows(dh, cur + prod, new, start)
 
     # A loop, not unrolled chunks: XLA would schedule every chunk's product at once.
     return chunk(0, dh) if chunks == 1 else lax.fori_loop(0, chunks, chunk, dh)
@@ -491,11 +489,17 @@ def _eps(cfg, a):
     return cfg.eps if a["eps"] is None else a["eps"]
 
 
+def _shifted_block(b, size, total):
+    """``(start, new)`` of block ``b`` of ``size`` rows out of ``total``: the last block
+    is moved back to end at ``total``, and ``new`` masks the rows an earlier block had."""
+    start = jnp.minimum(b * size, total - size)
+    rows = start + lax.iota(jnp.int32, size)
+    return start, rows >= b * size
+
+
 def _row_block(b, cfg):
     """``(start, new)`` of token block ``b`` (the last one moved back like columns)."""
-    start = jnp.minimum(b * cfg.bt, cfg.n - cfg.bt)
-    rows = start + lax.iota(jnp.int32, cfg.bt)
-    return start, rows >= b * cfg.bt
+    return _shifted_block(b, cfg.bt, cfg.n)
 
 
 def _write_rows(out, blk, new, start):
