@@ -9,7 +9,7 @@ from jaxce.linear import linear_cross_entropy
 from jaxce.losses import cross_entropy, nll_loss
 from jaxce.softmax import log_softmax, logsumexp, softmax
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CrossEntropyLoss",
@@ -29,8 +29,12 @@ __all__ = [
 def __getattr__(name: str):
     # SmallNet & co. import Flax, optax and orbax: load those submodules on first use,
     # so that `import jaxce; jaxce.models.SmallNet` works without slowing `import jaxce`.
-    if name in ("models", "train", "data"):
+    if name in ("models", "train", "data", "checkpoint"):
         import importlib
 
+        if name != "data":
+            from jaxce._extras import require_nn
+
+            require_nn(f"jaxce.{name}")
         return importlib.import_module(f"jaxce.{name}")
     raise AttributeError(f"module 'jaxce' has no attribute {name!r}")

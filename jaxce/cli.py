@@ -392,6 +392,18 @@ def main(argv: list[str] | None = None) -> int:
       SystemExit: 2
     """
     args = _parser().parse_args(argv)
+    from jaxce._extras import missing_nn_packages
+
+    missing = missing_nn_packages()
+    if missing:
+        from jaxce._extras import INSTALL_HINT
+
+        print(
+            f"jaxce {args.command}: error: needs the nn extra (missing: {', '.join(missing)}); "
+            f"install it with {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.command == "demo":
             demo(epochs=args.epochs, progress=not args.quiet)
