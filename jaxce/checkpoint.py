@@ -126,16 +126,19 @@ def _as_path(fn: str, directory: Any) -> pathlib.Path:
     return pathlib.Path(text).expanduser().absolute()
 
 
-def _refuse(path: pathlib.Path, entry: str, why: str = "which jaxce did not write") -> None:
+def _refuse(path: pathlib.Path, entries: list[str]) -> None:
+    shown = ", ".join(repr(e) for e in sorted(entries)[:5])
+    more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
     raise FileExistsError(
-        f"save: {str(path)!r} holds {entry!r}, {why}; refusing to overwrite it (nothing was "
-        "changed; choose a new or empty directory, or remove it yourself)"
+        f"save: {str(path)!r} holds {shown}{more}, which jaxce did not write; refusing to "
+        "overwrite it (nothing was changed; choose a new or empty directory, or remove "
+        "those yourself)"
     )
 
 
 def _contents(path: pathlib.Path) -> tuple[bool, list[str]]:
     """``(has_manifest, other jaxce entries)`` of ``path``; refuses anything foreign."""
-    has_manifest, ours = False, []
+    has_manifest, ours, foreign = False, [], []
     with os.scandir(path) as entries:
         for entry in entries:
             name = entry.name
@@ -147,10 +150,14 @@ def _contents(path: pathlib.Path) -> tuple[bool, list[str]]:
                 with os.scandir(entry.path) as inner_entries:
                     for inner in inner_entries:
                         if inner.name not in FILES or not inner.is_file(follow_symlinks=False):
-                            _refuse(path, f"{name}/{inner.name}")
+                            foreign.append(f"{name}/{inner.name}")
                 ours.append(name)
             else:
-                _refuse(path, name)
+                foreign.append(name)
+            if len(foreign) > 100:  # enough to name; no need to list a huge directory
+                break
+    if foreign:
+        _refuse(path, foreign)
     return has_manifest, ours
 
 
