@@ -510,7 +510,10 @@ def _check_keys(bad, where: str, value: Any, keys: tuple[str, ...]) -> None:
     if set(value) != set(keys):
         missing = sorted(set(keys) - set(value))
         extra = sorted(set(value) - set(keys))
-        raise bad(f"`{where}` has missing keys {missing} and unexpected keys {extra}")
+        parts = [f"missing keys {missing}"] * bool(missing) + [f"unexpected keys {extra}"] * bool(
+            extra
+        )
+        raise bad(f"`{where}` has {' and '.join(parts)}")
 
 
 def _load_manifest(path: pathlib.Path) -> dict[str, Any]:

@@ -319,8 +319,8 @@ def test_cli_evaluate_answers_damage_in_one_line(saved, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "how",
-    [("damage", "fc2.bias", "middle bit flipped"), ("crafted", "num_members 10**6 consistent")],
-    ids=["bit-flip", "huge-num-members"],
+    [("crafted", "num_members 10**6 consistent")],
+    ids=["huge-num-members"],
 )
 def test_cli_subprocess_stderr_is_one_line_without_noise(saved, tmp_path, how):
     path = pathlib.Path(shutil.copytree(saved, tmp_path / "ck"))

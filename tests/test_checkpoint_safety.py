@@ -261,11 +261,11 @@ def _restored_value(path, old_kernel):
 
 
 def test_saves_interrupted_by_signals_at_every_step_keep_old_or_new(saved, tmp_path):
-    """SIGKILL, SIGTERM and SIGINT at every step of the protocol, children run in parallel."""
+    """SIGKILL and SIGINT at every step of the protocol, SIGTERM at some (it kills like
+    SIGKILL: no handler); the children run in parallel."""
     (tmp_path / "thesis.tex").write_text("user file beside the checkpoints")
-    trials = [
-        (sig, step) for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) for step in STEPS
-    ]
+    trials = [(sig, step) for sig in (signal.SIGKILL, signal.SIGINT) for step in STEPS]
+    trials += [(signal.SIGTERM, step) for step in ("data-dir", "manifest-written", "committed")]
     procs = []
     for i, (sig, step) in enumerate(trials):
         path = copy_of(saved, tmp_path, f"ck{i}")
@@ -286,7 +286,7 @@ def test_saves_interrupted_by_signals_at_every_step_keep_old_or_new(saved, tmp_p
         # Whatever an interrupted save left behind, the next save accepts and cleans up.
         save(SmallNet(*SIZES, rngs=nnx.Rngs(1)), path)
         assert len(os.listdir(path)) == 2 and isinstance(restore(path)[0], SmallNet)
-    assert outcomes == {"old": 7 * 3, 2.0: 2 * 3}
+    assert outcomes == {"old": 7 * 2 + 2, 2.0: 2 * 2 + 1}
     assert (tmp_path / "thesis.tex").read_text() == "user file beside the checkpoints"
 
 
