@@ -161,12 +161,22 @@ def _contents(path: pathlib.Path) -> tuple[bool, list[str]]:
     return has_manifest, ours
 
 
-def _check_writable(path: pathlib.Path, directory: pathlib.Path) -> None:
+def _check_writable(path: pathlib.Path, directory: pathlib.Path, probe: str) -> None:
     kwargs = {"effective_ids": True} if os.access in os.supports_effective_ids else {}
     if not os.access(directory, os.W_OK | os.X_OK, **kwargs):
         raise PermissionError(
             f"save: cannot write to {str(path)!r}: {str(directory)!r} is not writable"
         )
+    # os.access trusts permission bits; root, pseudo file systems (/proc, /sys), ACLs and
+    # network mounts can still refuse. Creating and removing an empty directory is sure.
+    try:
+        os.mkdir(directory / probe)
+    except OSError as e:
+        raise PermissionError(
+            f"save: cannot write to {str(path)!r}: creating an entry in {str(directory)!r} "
+            f"failed ({e.strerror})"
+        ) from None
+    os.rmdir(directory / probe)
 
 
 def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
@@ -174,8 +184,9 @@ def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
 
     Allowed: a path that does not exist but can be created, an empty directory, or
     a jaxce checkpoint (which :func:`save` replaces). Anything else is refused with
-    an error naming the offending entry, and never deleted. Nothing is created, so
-    a training run can call it first and fail before it starts.
+    an error naming the offending entry, and never deleted. Writability is tested by
+    creating and at once removing an empty directory; nothing is left behind, so a
+    training run can call it first and fail before it starts.
 
     Raises:
       FileExistsError: ``directory`` is a file, or holds anything but a jaxce
@@ -198,7 +209,9 @@ def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
         if not path.is_dir():
             raise FileExistsError(f"save: {str(path)!r} exists and is not a directory")
         _contents(path)
-        _check_writable(path, path)
+        # Named as a leftover data directory: should this process die before removing it,
+        # the next save does.
+        _check_writable(path, path, f"jaxce-data-{secrets.token_hex(16)}")
         return path
     ancestor = path.parent
     while not os.path.lexists(ancestor):
@@ -207,7 +220,7 @@ def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
         raise NotADirectoryError(
             f"save: cannot create {str(path)!r}: {str(ancestor)!r} is not a directory"
         )
-    _check_writable(path, ancestor)
+    _check_writable(path, ancestor, f".jaxce-probe-{secrets.token_hex(16)}")
     return path
 
 

@@ -114,7 +114,12 @@ def test_a_user_file_added_to_a_checkpoint_is_refused_and_kept(saved, tmp_path):
 
 def test_unwritable_targets_fail_up_front_without_creating_anything(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
     before = snapshot(tmp_path)
+    # Accepted targets: checked by creating and removing a probe, which leaves nothing.
+    assert check_save_directory(tmp_path / "new" / "ck") == tmp_path / "new" / "ck"
+    assert check_save_directory(tmp_path / "empty") == tmp_path / "empty"
+    assert snapshot(tmp_path) == before
     with pytest.raises(NotADirectoryError, match="'.*file' is not a directory"):
         check_save_directory(tmp_path / "file" / "sub" / "ck")
     with pytest.raises(FileExistsError, match="exists and is not a directory"):
@@ -123,6 +128,9 @@ def test_unwritable_targets_fail_up_front_without_creating_anything(tmp_path, ca
         check_save_directory("")
     with pytest.raises(TypeError, match="`directory` must be a str or os.PathLike, got NoneType"):
         save(SmallNet(rngs=nnx.Rngs(0)), None)
+    if os.path.isdir("/sys"):  # permission bits let root in; the file system does not
+        with pytest.raises(PermissionError, match="cannot write to '/sys/jaxce-ck'"):
+            check_save_directory("/sys/jaxce-ck")
     if os.geteuid() != 0:  # root writes anywhere: a read-only parent stops only others
         (tmp_path / "ro").mkdir(mode=0o555)
         before = snapshot(tmp_path)
