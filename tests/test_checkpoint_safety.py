@@ -347,3 +347,48 @@ def test_an_interrupt_right_after_the_commit_keeps_the_new_checkpoint(saved, tmp
         save(new, path)
     monkeypatch.undo()
     np.testing.assert_array_equal(restore(path)[0].fc1.kernel[...], new.fc1.kernel[...])
+
+
+CLI_CHILD = r"""
+import sys, time
+import jaxce.checkpoint as ck
+from jaxce.cli import main
+
+def hook(name):
+    if name == "array:fc2.kernel":
+        print("AT", name, flush=True)
+        time.sleep(60)
+
+ck._step_hook = hook
+# Training is beside the point here (and compiling it costs seconds): a stand-in returns
+# the untrained model's result, and the CLI goes on to save as after a real run.
+import jaxce.train
+
+class Report:
+    def format(self, names):
+        return "(report)"
+
+class Result:
+    history, report = [], Report()
+
+jaxce.train.fit = lambda *args, **kwargs: Result()
+sys.exit(main(["train", "--quiet", "--save", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_while_jaxce_train_saves_keeps_the_old_checkpoint(saved, tmp_path):
+    """The issue's case: `jaxce train --save DIR` onto a checkpoint, Ctrl-C while saving."""
+    path = copy_of(saved, tmp_path)
+    before = snapshot(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI_CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(proc, "AT")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "jaxce: interrupted", err
+    assert snapshot(path) == before
+    assert _restored_value(path, saved[1]) == "old"
