@@ -127,8 +127,10 @@ def _as_path(fn: str, directory: Any) -> pathlib.Path:
 
 
 def _refuse(path: pathlib.Path, entries: list[str]) -> None:
-    shown = ", ".join(repr(e) for e in sorted(entries)[:5])
-    more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+    names = sorted(e for e in entries if e != "...")
+    shown = ", ".join(repr(e) for e in names[:5])
+    plus = "+" if "..." in entries else ""  # the listing stopped early
+    more = f" and {len(names) - 5}{plus} more" if len(names) > 5 else ""
     raise FileExistsError(
         f"save: {str(path)!r} holds {shown}{more}, which jaxce did not write; refusing to "
         "overwrite it (nothing was changed; choose a new or empty directory, or remove "
@@ -155,6 +157,7 @@ def _contents(path: pathlib.Path) -> tuple[bool, list[str]]:
             else:
                 foreign.append(name)
             if len(foreign) > 100:  # enough to name; no need to list a huge directory
+                foreign.append("...")
                 break
     if foreign:
         _refuse(path, foreign)
@@ -176,7 +179,8 @@ def _check_writable(path: pathlib.Path, directory: pathlib.Path, probe: str) -> 
             f"save: cannot write to {str(path)!r}: creating an entry in {str(directory)!r} "
             f"failed ({e.strerror})"
         ) from None
-    os.rmdir(directory / probe)
+    with contextlib.suppress(FileNotFoundError):  # a save that just ran removed it
+        os.rmdir(directory / probe)
 
 
 def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
@@ -575,7 +579,7 @@ def _load_manifest(path: pathlib.Path) -> dict[str, Any]:
         raise bad("is not valid JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise bad(f'is not a jaxce manifest (no "format": {FORMAT!r})')
-    if doc.get("version") != VERSION:
+    if type(doc.get("version")) is not int or doc["version"] != VERSION:
         raise bad(
             f"has checkpoint version {doc.get('version')!r:.40}; this jaxce reads version {VERSION}"
         )
