@@ -212,7 +212,15 @@ def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
     if os.path.lexists(path):
         if not path.is_dir():
             raise FileExistsError(f"save: {str(path)!r} exists and is not a directory")
-        _contents(path)
+        try:
+            _contents(path)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise PermissionError(
+                f"save: cannot inspect {str(path)!r} ({e.strerror}); jaxce must see what a "
+                "directory holds before it writes there"
+            ) from None
         # Named as a leftover data directory: should this process die before removing it,
         # the next save does.
         _check_writable(path, path, f"jaxce-data-{secrets.token_hex(16)}")
