@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+import jaxce._checkpoint_format as checkpoint_format
 import jaxce.checkpoint as ck
 from jaxce.checkpoint import CheckpointError, restore, save
 from jaxce.cli import main
@@ -122,7 +123,7 @@ def _huge_consistent(doc):
 
 CRAFTED = {
     **{f"no {key}": _drop(key) for key in ("format", "version", "data", "model", "arrays", "user")},
-    **{f"no model.{key}": _drop("model", key) for key in ck._MODEL_KEYS},
+    **{f"no model.{key}": _drop("model", key) for key in checkpoint_format._MODEL_KEYS},
     "no arrays.fc2.bias": _drop("arrays", "fc2.bias"),
     "no arrays.fc1.kernel.sha256": _drop("arrays", "fc1.kernel", "sha256"),
     "extra key": _set("extra", value=1),

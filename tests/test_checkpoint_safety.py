@@ -187,13 +187,17 @@ def test_bad_metadata_is_refused_before_writing(tmp_path):
 
 # --- interruptions ------------------------------------------------------------------------
 
-# A child that saves with the protocol code of jaxce/checkpoint.py loaded on its own (it
-# needs only NumPy), so that it starts in a fraction of a second instead of importing jax.
+# A child that saves with the protocol code of jaxce/checkpoint.py, the jaxce package
+# standing in by its path only: the checkpoint modules need only NumPy, and without
+# jaxce/__init__.py (which imports jax) a child starts in a fraction of a second.
 CHILD = r"""
-import importlib.util, pathlib, sys, time
+import pathlib, sys, time, types
 import numpy as np
-spec = importlib.util.spec_from_file_location("ck", sys.argv[1])
-ck = importlib.util.module_from_spec(spec); spec.loader.exec_module(ck)
+package = types.ModuleType("jaxce")
+package.__path__ = [sys.argv[1]]
+sys.modules["jaxce"] = package
+import jaxce.checkpoint as ck
+assert "jax" not in sys.modules
 target, pause, loop = pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "loop"
 def hook(name):
     if name.startswith(pause):
@@ -235,7 +239,7 @@ def _spawn(target, pause, loop=False):
             sys.executable,
             "-c",
             CHILD,
-            str(ROOT / "jaxce" / "checkpoint.py"),
+            str(ROOT / "jaxce"),
             str(target),
             pause,
             "loop" if loop else "once",
