@@ -2,7 +2,7 @@
 makes before it builds anything: the manifest's size, JSON, self-checksum and schema, then
 each array file's type, size, SHA-256 and ``.npy`` header. See :mod:`jaxce.checkpoint`.
 
-NumPy only: nothing here imports jax or flax.
+Only NumPy is imported at module level (the writer in a test child runs without jax).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import pathlib
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,21 @@ def _check_keys(bad, where: str, value: Any, keys: tuple[str, ...]) -> None:
         raise bad(f"`{where}` has {' and '.join(parts)}")
 
 
+def check_model(bad: Callable[[str], Exception], model: dict, prefix: str) -> None:
+    """Checks the model record's values (its keys are checked already)."""
+    if model["kind"] not in KINDS:
+        raise bad(f"`{prefix}kind` must be one of {KINDS}, got {model['kind']!r:.80}")
+    for key in _MODEL_KEYS[1:5]:
+        if not _is_int(model[key], 1, MAX_SIZE):
+            raise bad(f"`{prefix}{key}` must be an int in [1, {MAX_SIZE}], got {model[key]!r:.80}")
+    if model["kind"] == "smallnet" and model["num_members"] != 1:
+        raise bad(f"`{prefix}num_members` must be 1 for a smallnet, got {model['num_members']!r}")
+    from jaxce.models import INITS
+
+    if model["init"] not in INITS:
+        raise bad(f"`{prefix}init` must be one of {INITS}, got {model['init']!r:.80}")
+
+
 def load_manifest(path: pathlib.Path) -> dict[str, Any]:
     file = path / MANIFEST
     try:
@@ -97,8 +112,6 @@ def load_manifest(path: pathlib.Path) -> dict[str, Any]:
         names = os.listdir(path)
         if any(_DATA_RE.match(n) for n in names):
             hint = "; a save into it was interrupted before it completed, or it was removed"
-        elif "params" in names and "meta" in names:
-            hint = "; it looks like an orbax checkpoint of jaxce 0.1, which is not read"
         else:
             hint = ""
         raise CheckpointError(
@@ -148,17 +161,7 @@ def load_manifest(path: pathlib.Path) -> dict[str, Any]:
         raise bad(f"`data` must name a jaxce-data-<32 hex> directory, got {doc['data']!r:.80}")
     model = doc["model"]
     _check_keys(bad, "model", model, _MODEL_KEYS)
-    if model["kind"] not in KINDS:
-        raise bad(f"`model.kind` must be one of {KINDS}, got {model['kind']!r:.80}")
-    for key in _MODEL_KEYS[1:5]:
-        if not _is_int(model[key], 1, MAX_SIZE):
-            raise bad(f"`model.{key}` must be an int in [1, {MAX_SIZE}], got {model[key]!r:.80}")
-    if model["kind"] == "smallnet" and model["num_members"] != 1:
-        raise bad(f"`model.num_members` must be 1 for a smallnet, got {model['num_members']!r}")
-    from jaxce.models import INITS
-
-    if model["init"] not in INITS:
-        raise bad(f"`model.init` must be one of {INITS}, got {model['init']!r:.80}")
+    check_model(bad, model, "model.")
     if not isinstance(doc["user"], dict):
         raise bad(f"`user` must be a JSON object, got {type(doc['user']).__name__}")
     _check_keys(bad, "arrays", doc["arrays"], ARRAYS)

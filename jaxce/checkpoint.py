@@ -85,6 +85,7 @@ from jaxce._checkpoint_format import (
     load_array,
     load_manifest,
 )
+from jaxce._checkpoint_v1 import is_v1, read_v1
 
 __all__ = ["CheckpointError", "check_save_directory", "restore", "save"]
 
@@ -120,6 +121,11 @@ def _refuse(path: pathlib.Path, entries: list[str]) -> None:
     shown = ", ".join(repr(e) for e in names[:5])
     plus = "+" if "..." in entries else ""  # the listing stopped early
     more = f" and {len(names) - 5}{plus} more" if len(names) > 5 else ""
+    if "meta" in names and "params" in names and is_v1(path):
+        more += (
+            " (a checkpoint of jaxce 0.1/0.2, orbax format: restore it, then save it to a new "
+            "directory)"
+        )
     raise FileExistsError(
         f"save: {str(path)!r} holds {shown}{more}, which jaxce did not write; refusing to "
         "overwrite it (nothing was changed; choose a new or empty directory, or remove "
@@ -547,6 +553,9 @@ def restore(directory: str | os.PathLike) -> tuple[Any, dict]:
         raise FileNotFoundError(
             f"restore: no checkpoint at {str(path)!r} (save one with `jaxce train --save DIR`)"
         )
+    if not os.path.lexists(path / MANIFEST) and is_v1(path):
+        model, arrays, user = read_v1(path)  # jaxce 0.1/0.2's orbax layout, read-only
+        return _build(model, arrays), user
     doc = load_manifest(path)
     arrays = {name: load_array(path, doc, name) for name in ARRAYS}
     return _build(doc["model"], arrays), doc["user"]
