@@ -37,11 +37,13 @@ no manifest (nothing was restorable before either) and only entries the next
 save removes. A ``KeyboardInterrupt`` before the commit removes the new data
 directory at once.
 
-Why not orbax: ``Checkpointer.save(force=True)`` deletes the old directory before
-the new one is complete, and orbax's stored arrays are zstd-compressed, so a
-restore's memory cannot be bounded by the bytes on disk; damaged files surfaced as
-tensorstore dumps and asyncio noise. ``.npy`` files are read with their sizes
-known and checked before any byte is parsed.
+Why not orbax (jaxce 0.1 and 0.2 used it): ``Checkpointer.save(force=True)``
+deletes the old directory before the new one is complete, and orbax's stored
+arrays are zstd-compressed, so a restore's memory cannot be bounded by the bytes
+on disk; damaged files surfaced as tensorstore dumps and asyncio noise. ``.npy``
+files are read with their sizes known and checked before any byte is parsed.
+Those older checkpoints (format version 1) are still read, never written: see
+``jaxce/_checkpoint_v1.py``.
 
 **What restore checks**, before building anything: the manifest's size (at most
 16 MiB), JSON syntax, format, version, self-checksum and schema (every key,
