@@ -237,12 +237,15 @@ def demo(*, epochs: int = 10, members: int = 8, progress: bool = True) -> None:
 def _train(args: argparse.Namespace) -> None:
     from flax import nnx
 
+    from jaxce.checkpoint import check_save_directory, save
     from jaxce.data import load_dataset
     from jaxce.models import Ensemble, SmallNet
-    from jaxce.train import check_save_directory, fit, save
+    from jaxce.train import fit
 
     if args.save is not None:
-        check_save_directory(args.save)  # fail before training, not after
+        # Fails before training, not after: a file in the way, a foreign or unwritable
+        # directory. save() checks again, under a lock, when it writes.
+        check_save_directory(args.save)
     ds = load_dataset(args.dataset, seed=args.seed)
     print(ds.summary())
     sizes = (ds.num_features, args.hidden, ds.num_classes)
@@ -297,13 +300,25 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"no checkpoint at {str(path)!r} (save one with `jaxce train --save DIR`)"
         )
     import jaxce
-    from jaxce.data import load_dataset
+    from jaxce.checkpoint import CheckpointError, restore
+    from jaxce.data import DATASETS, load_dataset
     from jaxce.models import Ensemble
-    from jaxce.train import restore
 
-    model, meta = restore(path)
-    name = args.dataset or meta.get("dataset", "blobs")
-    seed = int(meta.get("seed", 0))
+    model, meta = restore(path)  # every failure is one CheckpointError (a ValueError)
+    name = args.dataset
+    if name is None:
+        name = meta.get("dataset", "blobs")
+        if not isinstance(name, str) or name not in DATASETS:
+            raise CheckpointError(
+                f"the metadata of checkpoint {str(path)!r} names dataset {name!r:.80}, which is "
+                f"not one of {', '.join(DATASETS)}; choose one with --dataset"
+            )
+    seed = meta.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CheckpointError(
+            f"the metadata of checkpoint {str(path)!r} has seed {seed!r:.80}, expected a "
+            "non-negative int"
+        )
     ds = load_dataset(name, seed=seed)
     if (ds.num_features, ds.num_classes) != (model.in_features, model.out_features):
         raise ValueError(

@@ -1,5 +1,5 @@
 """Training SmallNet (or an Ensemble of them) with optax and :func:`jaxce.cross_entropy`,
-and saving/restoring trained models with orbax-checkpoint.
+and (re-exported from :mod:`jaxce.checkpoint`) saving and restoring trained models.
 
 The train step is written in NNX's functional style: the model is split once
 into a static ``graphdef`` and a pytree of parameters, and a plain ``jax.jit``
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import numbers
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxce.checkpoint import check_save_directory, restore, save
 from jaxce.evaluation import EvalReport, evaluate
 from jaxce.losses import cross_entropy
 from jaxce.models import Ensemble, SmallNet
@@ -42,9 +41,6 @@ __all__ = [
     "restore",
     "save",
 ]
-
-CHECKPOINT_FORMAT = "jaxce-smallnet"
-CHECKPOINT_VERSION = 1
 
 
 def make_train_step(
@@ -350,153 +346,3 @@ def fit(
             bar.stop()
     nnx.update(target, params)
     return TrainResult(model=model, history=history, report=report)
-
-
-def _model_metadata(model: SmallNet | Ensemble) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "kind": "ensemble" if isinstance(model, Ensemble) else "smallnet",
-        "num_members": model.num_members if isinstance(model, Ensemble) else 1,
-        "in_features": model.in_features,
-        "hidden_features": model.hidden_features,
-        "out_features": model.out_features,
-        "init": model.init,
-    }
-
-
-def _is_checkpoint(path: pathlib.Path) -> bool:
-    return (path / "meta").is_dir() and (path / "params").is_dir()
-
-
-def check_save_directory(directory: str | pathlib.Path) -> pathlib.Path:
-    """Checks that :func:`save` may write to ``directory``; returns its absolute path.
-
-    Allowed: a path that does not exist, an empty directory, or an earlier jaxce
-    checkpoint (which :func:`save` replaces). Anything else is refused, never deleted.
-
-    Examples:
-      >>> import tempfile
-      >>> from jaxce.train import check_save_directory
-      >>> check_save_directory(tempfile.mkdtemp()).is_absolute()
-      True
-    """
-    path = pathlib.Path(directory).expanduser().absolute()
-    if path.exists():
-        if not path.is_dir():
-            raise FileExistsError(f"save: {str(path)!r} exists and is not a directory")
-        if any(path.iterdir()) and not _is_checkpoint(path):
-            raise FileExistsError(
-                f"save: {str(path)!r} exists and is not a jaxce checkpoint; refusing to "
-                "overwrite it (choose a new or empty directory)"
-            )
-    return path
-
-
-def save(
-    model: SmallNet | Ensemble, directory: str | pathlib.Path, *, metadata: dict | None = None
-) -> pathlib.Path:
-    """Saves a SmallNet or Ensemble with orbax-checkpoint (parameters + JSON metadata).
-
-    The directory must not exist, be empty, or hold an earlier jaxce checkpoint
-    (which is replaced); any other existing content is refused rather than deleted.
-
-    Args:
-      model: the model to save.
-      directory: the checkpoint directory (created).
-      metadata: optional JSON-serialisable dict stored with it (returned by :func:`restore`).
-
-    Returns:
-      The checkpoint's absolute path.
-
-    Examples:
-      >>> import tempfile, pathlib
-      >>> from flax import nnx
-      >>> from jaxce.models import SmallNet
-      >>> from jaxce.train import save, restore
-      >>> path = save(SmallNet(rngs=nnx.Rngs(0)), pathlib.Path(tempfile.mkdtemp()) / "ck",
-      ...             metadata={"dataset": "blobs"})
-      >>> model, meta = restore(path)
-      >>> type(model).__name__, meta["dataset"]
-      ('SmallNet', 'blobs')
-    """
-    import orbax.checkpoint as ocp
-
-    if not isinstance(model, (SmallNet, Ensemble)):
-        raise TypeError(
-            f"save: `model` must be a SmallNet or an Ensemble, got {type(model).__name__}"
-        )
-    path = check_save_directory(directory)
-    meta = {**_model_metadata(model), "user": dict(metadata or {})}
-    try:
-        json.dumps(meta)
-    except TypeError as e:
-        raise TypeError(f"save: `metadata` must be JSON-serialisable: {e}") from e
-    params = nnx.state(model.members if isinstance(model, Ensemble) else model)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            path,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(nnx.to_pure_dict(params)),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-    return path
-
-
-def restore(directory: str | pathlib.Path) -> tuple[SmallNet | Ensemble, dict]:
-    """Restores a model saved by :func:`save`.
-
-    Args:
-      directory: the checkpoint directory.
-
-    Returns:
-      ``(model, metadata)``: a SmallNet or Ensemble, and the user metadata dict.
-
-    Raises:
-      FileNotFoundError: no such directory.
-      ValueError: the directory is not a jaxce checkpoint.
-
-    Examples:
-      >>> from jaxce.train import restore
-      >>> restore("/nonexistent/checkpoint")
-      Traceback (most recent call last):
-      ...
-      FileNotFoundError: restore: no checkpoint at '/nonexistent/checkpoint' ...
-    """
-    path = pathlib.Path(directory).expanduser().absolute()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"restore: no checkpoint at {str(path)!r} (save one with `jaxce train --save DIR`)"
-        )
-    if not _is_checkpoint(path):
-        raise ValueError(f"restore: {str(path)!r} is not a jaxce checkpoint")
-    import orbax.checkpoint as ocp
-
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        meta = ckptr.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"restore: {str(path)!r} is not a jaxce checkpoint")
-        if meta.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(
-                f"restore: {str(path)!r} has checkpoint version {meta.get('version')!r}, "
-                f"this jaxce reads version {CHECKPOINT_VERSION}"
-            )
-        sizes = (meta["in_features"], meta["hidden_features"], meta["out_features"])
-        init = meta.get("init", "torch")
-        if meta["kind"] == "ensemble":
-            k = meta["num_members"]
-            model = nnx.eval_shape(lambda: Ensemble(k, *sizes, init=init))
-            target = model.members
-        else:
-            model = nnx.eval_shape(lambda: SmallNet(*sizes, rngs=nnx.Rngs(0), init=init))
-            target = model
-        graphdef, abstract = nnx.split(target)
-        restored = ckptr.restore(
-            path,
-            args=ocp.args.Composite(params=ocp.args.StandardRestore(nnx.to_pure_dict(abstract))),
-        )["params"]
-    nnx.replace_by_pure_dict(abstract, restored)
-    nnx.update(target, abstract)
-    return model, meta.get("user", {})

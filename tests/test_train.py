@@ -155,7 +155,7 @@ def test_fit_validates_its_inputs(blobs):
         fit(object(), blobs.x_train[:8], blobs.y_train[:8], progress=False)
 
 
-# --- orbax checkpoints -------------------------------------------------------------------
+# --- checkpoints (jaxce.checkpoint, re-exported by jaxce.train) ---------------------------
 
 
 def test_save_and_restore_smallnet(tmp_path):
