@@ -27,7 +27,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # SmallNet & co. import Flax, optax and orbax: load those submodules on first use,
+    # SmallNet & co. import Flax and optax (the nn extra): load those submodules on first use,
     # so that `import jaxce; jaxce.models.SmallNet` works without slowing `import jaxce`.
     if name in ("models", "train", "data", "checkpoint"):
         import importlib

@@ -1,4 +1,4 @@
-"""Reading the checkpoints of jaxce 0.1 and 0.2 (format version 1: an orbax-checkpoint
+"""Reading the checkpoints of jaxce 0.1 (format version 1: an orbax-checkpoint
 directory ``meta/`` + ``params/``), read-only, so that models saved then can be restored and
 saved again in the current format.
 
@@ -99,7 +99,7 @@ def read_v1(path: pathlib.Path) -> tuple[dict[str, Any], dict[str, np.ndarray], 
         import tensorstore as ts
     except ImportError:
         raise CheckpointError(
-            f"restore: {str(path)!r} is a checkpoint of jaxce 0.1/0.2 (orbax format); reading "
+            f"restore: {str(path)!r} is a checkpoint of jaxce 0.1 (orbax format); reading "
             "it needs tensorstore (pip install orbax-checkpoint)"
         ) from None
     params = path / "params"

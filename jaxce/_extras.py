@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
-NN_PACKAGES = {"flax": "flax", "optax": "optax", "orbax.checkpoint": "orbax-checkpoint",
-               "rich": "rich"}
+# tensorstore (also in the extra) is needed only to read jaxce 0.1's orbax checkpoints.
+NN_PACKAGES = {"flax": "flax", "optax": "optax", "rich": "rich"}
 INSTALL_HINT = 'pip install "jaxce[nn]"'
 
 

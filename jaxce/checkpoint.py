@@ -37,7 +37,7 @@ no manifest (nothing was restorable before either) and only entries the next
 save removes. A ``KeyboardInterrupt`` before the commit removes the new data
 directory at once.
 
-Why not orbax (jaxce 0.1 and 0.2 used it): ``Checkpointer.save(force=True)``
+Why not orbax (jaxce 0.1 used it): ``Checkpointer.save(force=True)``
 deletes the old directory before the new one is complete, and orbax's stored
 arrays are zstd-compressed, so a restore's memory cannot be bounded by the bytes
 on disk; damaged files surfaced as tensorstore dumps and asyncio noise. ``.npy``
@@ -125,7 +125,7 @@ def _refuse(path: pathlib.Path, entries: list[str]) -> None:
     more = f" and {len(names) - 5}{plus} more" if len(names) > 5 else ""
     if "meta" in names and "params" in names and is_v1(path):
         more += (
-            " (a checkpoint of jaxce 0.1/0.2, orbax format: restore it, then save it to a new "
+            " (a checkpoint of jaxce 0.1, orbax format: restore it, then save it to a new "
             "directory)"
         )
     raise FileExistsError(
@@ -556,7 +556,7 @@ def restore(directory: str | os.PathLike) -> tuple[Any, dict]:
             f"restore: no checkpoint at {str(path)!r} (save one with `jaxce train --save DIR`)"
         )
     if not os.path.lexists(path / MANIFEST) and is_v1(path):
-        model, arrays, user = read_v1(path)  # jaxce 0.1/0.2's orbax layout, read-only
+        model, arrays, user = read_v1(path)  # jaxce 0.1's orbax layout, read-only
         return _build(model, arrays), user
     doc = load_manifest(path)
     arrays = {name: load_array(path, doc, name) for name in ARRAYS}

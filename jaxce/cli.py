@@ -374,7 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (0.01)")
     p.add_argument("--hidden", type=_positive_int, default=5, help="hidden units (5)")
     p.add_argument("--seed", type=_int, default=0, help="model and shuffling seed (0)")
-    p.add_argument("--save", metavar="DIR", help="save the trained model (orbax) to DIR")
+    p.add_argument("--save", metavar="DIR", help="save the trained model to DIR (crash-safe)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's held-out split")

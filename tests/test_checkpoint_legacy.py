@@ -1,4 +1,4 @@
-"""Checkpoints of jaxce 0.1/0.2 (format version 1, orbax): restored read-only with the same
+"""Checkpoints of jaxce 0.1 (format version 1, orbax): restored read-only with the same
 checks and one-error rule as the current format, refused (not deleted) as a save target."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_a_v1_checkpoint_restores_and_migrates(v1, tmp_path):
 
 def test_a_v1_checkpoint_is_not_a_save_target(v1, tmp_path):
     path = pathlib.Path(shutil.copytree(v1[0], tmp_path / "ck"))
-    with pytest.raises(FileExistsError, match="a checkpoint of jaxce 0.1/0.2, orbax format"):
+    with pytest.raises(FileExistsError, match="a checkpoint of jaxce 0.1, orbax format"):
         save(SmallNet(rngs=nnx.Rngs(0)), path)
     assert restore(path)[1] == {"dataset": "blobs"}
 

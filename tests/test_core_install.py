@@ -1,6 +1,6 @@
 """The core install: ``import jaxce`` and every loss work with only jax and numpy.
 
-flax, optax, orbax-checkpoint and rich (the ``nn`` extra), and scikit-learn, torch and
+flax, optax, rich and tensorstore (the ``nn`` extra), and scikit-learn, torch and
 safetensors (tests only) are made unimportable in a subprocess by a finder at the front
 of ``sys.meta_path``; the losses must run there, forward and backward, and the CLI and
 the workflow modules must say in one line what to install.

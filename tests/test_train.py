@@ -1,4 +1,4 @@
-"""Training (the jitted step against torch's Adam, fit, ensembles), orbax checkpoints, datasets."""
+"""Training (the jitted step against torch's Adam, fit, ensembles), checkpoints, datasets."""
 
 import jax
 import numpy as np
