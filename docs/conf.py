@@ -9,6 +9,7 @@ documented somewhere, else the build warns and so fails.
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import importlib.util
 import pathlib
@@ -60,6 +61,9 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 # `sphinx-build -b doctest`. The `>>>` examples inside docstrings are not run here:
 # pytest already runs them (`--doctest-modules` on jaxce/, part of `make test`).
 doctest_test_doctest_blocks = ""
+# Sphinx's default flags include IGNORE_EXCEPTION_DETAIL; the error guide's messages are
+# part of what it documents, so they are compared.
+doctest_default_flags = doctest.ELLIPSIS | doctest.DONT_ACCEPT_TRUE_FOR_1
 doctest_global_setup = """
 import jax
 import jax.numpy as jnp
