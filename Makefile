@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test demo lint golden bench clean
+.PHONY: test demo lint golden bench docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ $(VENV)/.installed-bench: pyproject.toml $(STAMP)
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_ce.py $(BENCH_ARGS)
+
+# `make docs`: the documentation site in docs/_build/html (Sphinx, warnings are errors),
+# then the doctests of its guides. The `nn` extra is there for the workflow API pages.
+$(VENV)/.installed-docs: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[nn,docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(PY) -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	$(PY) -m sphinx -W --keep-going -q -b doctest -d docs/_build/doctrees docs docs/_build/doctest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
