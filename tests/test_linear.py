@@ -591,10 +591,10 @@ def test_schedule_choice():
     kernel gradient (all of them when N ≤ D, unless a smaller token block is given; none
     with any token block when N > D); "auto" takes "forward" for a scalar loss when
     that covers at least half the tokens, or when its token blocks have ≥ 128 tokens."""
-    from jaxce.linear import _plan
+    from jaxce.linear.plan import make_plan
 
     def plan(grad_mode="auto", per_row=False, n=1024, d=1024, token_block=None, **kw):
-        return _plan(grad_mode, per_row, n, 32768, d, token_block, None, **kw)
+        return make_plan(grad_mode, per_row, n, 32768, d, token_block, None, **kw)
 
     mode, blocks = plan()
     assert mode == "forward" and blocks["head"] == blocks["bt"] == 1024
