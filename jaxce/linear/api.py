@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxce import _checks, _spmd, checking, rule, sharding
@@ -31,6 +32,17 @@ def _check_block(fn: str, name: str, value: Any) -> int | None:
     if value < 1:
         raise ValueError(f"{fn}: `{name}` must be a positive int or None, got {value!r}")
     return int(value)
+
+
+def _check_target_kind(fn: str, target: Any) -> None:
+    """A NumPy target JAX cannot hold (str, bytes, object, datetime) is refused by name
+    here; other non-integer dtypes are refused with their shape after conversion."""
+    dtype = getattr(target, "dtype", None)
+    if isinstance(target, (np.ndarray, np.generic)) and dtype.kind in "OSUVMm":
+        raise TypeError(
+            f"{fn}: class-index `target` must have an integer dtype, got {dtype.name} "
+            f"with shape {tuple(target.shape)}"
+        )
 
 
 @functools.partial(
@@ -260,10 +272,9 @@ def linear_cross_entropy(
       Chowdhery et al., "PaLM" (z-loss), 2022; Gemma Team, "Gemma 2" (soft-capping), 2024.
     """
     fn = "linear_cross_entropy"
-    hidden = _checks.as_array(fn, "hidden", hidden)
-    _checks.check_floating(fn, "hidden", hidden)
-    kernel = _checks.as_array(fn, "kernel", kernel)
-    _checks.check_floating(fn, "kernel", kernel)
+    # `floating=True` checks the dtype as passed, before a str or object array reaches JAX.
+    hidden = _checks.as_array(fn, "hidden", hidden, floating=True)
+    kernel = _checks.as_array(fn, "kernel", kernel, floating=True)
     if hidden.ndim < 1:
         raise ValueError(
             f"{fn}: `hidden` must have shape (..., D) with at least one axis, got a 0-d array"
@@ -280,12 +291,12 @@ def linear_cross_entropy(
             f"({hidden.shape[-1]}); a (V, D) embedding table must be passed as `embedding.T`"
         )
     num_classes = kernel.shape[1]
+    _check_target_kind(fn, target)
     target = _checks.as_array(fn, "target", target)
     logits_like = jax.ShapeDtypeStruct(tuple(hidden.shape[:-1]) + (num_classes,), hidden.dtype)
     target = _checks.check_class_target(fn, "hidden @ kernel", logits_like, target, hidden.ndim - 1)
     if bias is not None:
-        bias = _checks.as_array(fn, "bias", bias)
-        _checks.check_floating(fn, "bias", bias)
+        bias = _checks.as_array(fn, "bias", bias, floating=True)
         if tuple(bias.shape) != (num_classes,):
             raise ValueError(
                 f"{fn}: `bias` must have shape ({num_classes},) (one entry per class, "

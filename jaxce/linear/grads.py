@@ -148,7 +148,9 @@ def block_grads(
     and the products run at the half-precision rate where there is one.
     """
     zero = cdt_zero(cfg)
-    hm = h_b.astype(cfg.mdt)
+    # Positions that are not counted contribute exactly zero even when their hidden
+    # state (or a kernel entry) is not finite: selected away, never multiplied by 0.
+    hm = jnp.where(ok_b[:, None], h_b, jnp.zeros((), h_b.dtype)).astype(cfg.mdt)
     # XLA:CPU transposes a product's contracted-first operand on every call: once per
     # token block instead of once per vocab block, when the budget allows.
     hmt = hm.T if need.kernel and cfg.transpose_hidden else None
@@ -202,9 +204,10 @@ def block_grads(
             d_w = add_cols(d_w, jnp.sum(rg.cw[:, None] * sh, axis=0), start)
         return dh, Acc(d_k, d_b, d_w)
 
-    if cfg.nb == 1:
-        return step(0, (dh0, acc))
-    return lax.fori_loop(0, cfg.nb, step, (dh0, acc))
+    dh, acc = step(0, (dh0, acc)) if cfg.nb == 1 else lax.fori_loop(0, cfg.nb, step, (dh0, acc))
+    if need.hidden:
+        dh = jnp.where(ok_b[:, None], dh, zero)
+    return dh, acc
 
 
 def add_product_by_rows(dh, gm, k, cfg):
