@@ -209,7 +209,8 @@ def linear_cross_entropy(
       bias: optional floating ``(V,)``.
       weight: optional floating ``(V,)`` class weights.
       ignore_index: target value whose positions contribute 0 to the loss and to
-        the ``mean`` denominator.
+        the ``mean`` denominator, and exactly 0 to every gradient (even when their
+        ``hidden`` rows are not finite).
       reduction: ``"none"`` (shape ``hidden.shape[:-1]``), ``"mean"`` or ``"sum"``.
       label_smoothing: ``ε`` in ``[0, 1]``, a Python number or a 0-d array.
       z_loss: ``z ≥ 0``: PaLM's auxiliary ``z·logsumexp²`` (see above). Default off.
