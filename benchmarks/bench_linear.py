@@ -2,10 +2,12 @@
 materialised ``cross_entropy(hidden @ kernel + bias, target)``.
 
 Run ``python benchmarks/bench_linear.py --help``. For every ``N×D×V`` shape and dtype
-it compiles ``jax.value_and_grad`` (gradients for ``hidden``, ``kernel`` and ``bias``)
-of:
+and head it compiles ``jax.value_and_grad`` (gradients for ``hidden``, ``kernel`` and,
+for a head with a bias, ``bias``) of:
 
-* ``materialised``: ``jaxce.cross_entropy`` on ``hidden @ kernel + bias``;
+* ``materialised``: ``jaxce.cross_entropy`` on ``hidden @ kernel + bias`` (or
+  ``hidden @ kernel`` for the no-bias head, as most language-model heads are: the
+  materialised side then has no ``[N, V]`` bias pass and no bias gradient to pay);
 * ``fused/forward``: ``linear_cross_entropy(grad_mode="forward")``, gradients during
   the forward pass, each ``[token_block, V]`` logits block computed once (about
   ``6·N·D·V`` flops, as the materialised version);
@@ -49,6 +51,8 @@ VARIANTS = {
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MEMORY_TARGET, TIME_TARGET = 1 / 16, 1.0
+# "bias": logits = hidden @ kernel + bias, gradients for all three; "nobias": bias=None.
+HEADS = ("bias", "nobias")
 
 
 def log(msg: str) -> None:
@@ -83,20 +87,25 @@ def make_inputs(shape, dtype, seed: int = 0) -> dict:
     return out
 
 
-def build_cases(shape, dtype, inputs, variants, blocks) -> list[harness.Case]:
+def build_cases(shape, dtype, inputs, variants, blocks, head="bias") -> list[harness.Case]:
     """The materialised reference and one fused case per variant (``blocks``: the
-    ``token_block`` / ``vocab_block`` options, for the fused cases only)."""
+    ``token_block`` / ``vocab_block`` options, for the fused cases only), for a head
+    with a bias (``head="bias"``) or without (``"nobias"``)."""
     t = inputs["target"]
-    args = (inputs["hidden"], inputs["kernel"], inputs["bias"])
-    meta = {"shape": "x".join(map(str, shape)), "dtype": dtype}
+    args = (inputs["hidden"], inputs["kernel"])
+    if head == "bias":
+        args += (inputs["bias"],)
+    argnums = tuple(range(len(args)))
+    meta = {"shape": "x".join(map(str, shape)), "dtype": dtype, "head": head}
+    prefix = f"{meta['shape']}/{dtype}/{head}"
 
-    def materialised(h, k, b):
-        return jaxce.cross_entropy(h @ k + b, t)
+    def materialised(h, k, b=None):
+        return jaxce.cross_entropy(h @ k if b is None else h @ k + b, t)
 
     cases = [
         harness.Case(
-            f"{meta['shape']}/{dtype}/materialised",
-            jax.jit(jax.value_and_grad(materialised, argnums=(0, 1, 2))),
+            f"{prefix}/materialised",
+            jax.jit(jax.value_and_grad(materialised, argnums=argnums)),
             args,
             meta={**meta, "impl": "materialised"},
         )
@@ -104,13 +113,13 @@ def build_cases(shape, dtype, inputs, variants, blocks) -> list[harness.Case]:
     for name in variants:
         opts = {**VARIANTS[name], **blocks}
 
-        def fused(h, k, b, opts=opts):
+        def fused(h, k, b=None, opts=opts):
             return jaxce.linear_cross_entropy(h, k, t, bias=b, **opts)
 
         cases.append(
             harness.Case(
-                f"{meta['shape']}/{dtype}/fused-{name}",
-                jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2))),
+                f"{prefix}/fused-{name}",
+                jax.jit(jax.value_and_grad(fused, argnums=argnums)),
                 args,
                 meta={**meta, "impl": f"fused/{name}"},
             )
@@ -135,9 +144,11 @@ def summarize(timings, agreement) -> list[dict]:
     rows = []
     by_group: dict[tuple, dict] = {}
     for t in timings:
-        by_group.setdefault((t.meta["shape"], t.meta["dtype"]), {})[t.meta["impl"]] = t
-    for (shape, dtype), group in by_group.items():
+        key = (t.meta["shape"], t.meta["dtype"], t.meta.get("head", "bias"))
+        by_group.setdefault(key, {})[t.meta["impl"]] = t
+    for (shape, dtype, head), group in by_group.items():
         ref = group.get("materialised")
+        dev = agreement.get((shape, dtype, head))
         for impl, t in group.items():
             temp = (t.memory or {}).get("temp")
             ref_temp = (ref.memory or {}).get("temp") if ref else None
@@ -146,6 +157,7 @@ def summarize(timings, agreement) -> list[dict]:
                 {
                     "shape": shape,
                     "dtype": dtype,
+                    "head": head,
                     "impl": impl,
                     "median_ms": t.median_ms,
                     "iqr_ms": t.iqr_ms,
@@ -154,7 +166,7 @@ def summarize(timings, agreement) -> list[dict]:
                     "time_ratio": harness.ratio(t, ref),
                     "time_ratio_band": harness.ratio_range(t, ref),
                     "compile_s": t.compile_s,
-                    "max_rel_dev": agreement.get((shape, dtype)) if impl != "materialised" else 0,
+                    "max_rel_dev": dev if impl != "materialised" else 0,
                     "error": t.error,
                 }
             )
@@ -169,6 +181,7 @@ def markdown(rows, env) -> str:
         [
             "N×D×V",
             "dtype",
+            "head",
             "impl",
             "median ms",
             "IQR ms",
@@ -181,6 +194,7 @@ def markdown(rows, env) -> str:
             [
                 r["shape"],
                 r["dtype"],
+                r["head"],
                 r["impl"],
                 f(r["median_ms"], ".1f"),
                 f(r["iqr_ms"], ".1f"),
@@ -198,13 +212,14 @@ def markdown(rows, env) -> str:
             ]
             for r in rows
         ],
-        align="lllrrrrrl",
+        align="llllrrrrrl",
     )
     head = (
         "# linear_cross_entropy vs materialised logits\n\n"
         f"{env['date']}, backend {env['backend']} ({env['device_kind']}), {env['cores']} cores, "
         f"jax {env['jax']}, git {env['git']}.\n\n"
-        "`value_and_grad` w.r.t. hidden, kernel and bias. temp = compiled temporary memory; "
+        "`value_and_grad` w.r.t. hidden, kernel and (head `bias`) bias; head `nobias`: "
+        "`bias=None`, logits `hidden @ kernel`. temp = compiled temporary memory; "
         "ratios are fused / materialised (medians; the band is q1/q3 against q3/q1). "
         f"Targets: temp ≤ {MEMORY_TARGET:.4f}, time ≤ {TIME_TARGET:.1f}×.\n\n"
     )
@@ -224,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="one shape, 3 repeats")
     p.add_argument("--shapes", help="comma list of NxDxV (default: the issue's CPU range)")
     p.add_argument("--dtypes", default="float32", help="comma list: float32,bfloat16")
+    p.add_argument(
+        "--heads", default="bias,nobias", help=f"comma list from {list(HEADS)} (default both)"
+    )
     p.add_argument("--variants", default="forward,recompute,auto", help=f"from {list(VARIANTS)}")
     p.add_argument("--repeats", type=int, help="samples per case (default 5; 3 with --quick)")
     p.add_argument("--token-block", type=int, help="token_block for the fused cases")
@@ -245,6 +263,10 @@ def main(argv=None) -> dict:
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"--variants: unknown {v!r}; expected some of {list(VARIANTS)}")
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    for h in heads:
+        if h not in HEADS:
+            raise SystemExit(f"--heads: unknown {h!r}; expected some of {list(HEADS)}")
     repeats = args.repeats or (3 if args.quick else 5)
     blocks = {}
     if args.token_block:
@@ -258,11 +280,12 @@ def main(argv=None) -> dict:
     for shape in shapes:
         for dtype in dtypes:
             inputs = make_inputs(shape, jnp.dtype(dtype))
-            cases = build_cases(shape, dtype, inputs, variants, blocks)
-            key = ("x".join(map(str, shape)), dtype)
-            agreement[key] = check_agreement(cases)
-            log(f"{key}: max relative deviation from materialised {agreement[key]:.2e}")
-            all_cases += cases
+            for head in heads:
+                cases = build_cases(shape, dtype, inputs, variants, blocks, head)
+                key = ("x".join(map(str, shape)), dtype, head)
+                agreement[key] = check_agreement(cases)
+                log(f"{key}: max relative deviation from materialised {agreement[key]:.2e}")
+                all_cases += cases
     # Every shape's cases in one interleaved loop: a slow minute on a shared machine then
     # spreads over all shapes instead of skewing one shape's ratios. Large programs: one
     # call per sample, no warm-up beyond the first call.

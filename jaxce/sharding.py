@@ -100,6 +100,11 @@ def resolve(
     sharding (``AxisType.Explicit`` meshes) are laid out as they are sharded.
     ``vocab_args`` are the per-class arrays (bias, weight) that must follow ``kernel``.
     """
+    if mesh is not None and not isinstance(mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
+        raise TypeError(
+            f"{fn}: `mesh` must be a jax.sharding.Mesh (or AbstractMesh) or None, got "
+            f"{type(mesh).__name__} {mesh!r:.80}"
+        )
     data_axis = _normalize_name(fn, "data_axis", data_axis)
     vocab_axis = _normalize_name(fn, "vocab_axis", vocab_axis)
     lead = hidden.ndim - 1

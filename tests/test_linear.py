@@ -591,10 +591,10 @@ def test_schedule_choice():
     kernel gradient (all of them when N ≤ D, unless a smaller token block is given; none
     with any token block when N > D); "auto" takes "forward" for a scalar loss when
     that covers at least half the tokens, or when its token blocks have ≥ 128 tokens."""
-    from jaxce.linear import _plan
+    from jaxce.linear.plan import make_plan
 
     def plan(grad_mode="auto", per_row=False, n=1024, d=1024, token_block=None, **kw):
-        return _plan(grad_mode, per_row, n, 32768, d, token_block, None, **kw)
+        return make_plan(grad_mode, per_row, n, 32768, d, token_block, None, **kw)
 
     mode, blocks = plan()
     assert mode == "forward" and blocks["head"] == blocks["bt"] == 1024
@@ -704,11 +704,15 @@ def test_benchmark_program_runs(tmp_path):
     # Block options reach the fused cases only (the materialised one has no blocks).
     argv = ["--shapes", "64x8x300", "--repeats", "1", "--variants", "auto", "--vocab-block", "128"]
     out = bench.main(argv + ["--out", str(tmp_path)])
-    rows = {r["impl"]: r for r in out["rows"]}
-    assert set(rows) == {"materialised", "fused/auto"}
-    assert rows["fused/auto"]["max_rel_dev"] < 1e-5
-    assert rows["fused/auto"]["temp_ratio"] is not None and rows["fused/auto"]["median_ms"] > 0
+    rows = {(r["head"], r["impl"]): r for r in out["rows"]}
+    # Both heads by default: with a bias (three gradients) and without (bias=None).
+    assert set(rows) == {(h, i) for h in ("bias", "nobias") for i in ("materialised", "fused/auto")}
+    for head in ("bias", "nobias"):
+        fused = rows[head, "fused/auto"]
+        assert fused["max_rel_dev"] < 1e-5
+        assert fused["temp_ratio"] is not None and fused["median_ms"] > 0
     files = sorted(p.suffix for p in tmp_path.iterdir())
     assert files == [".json", ".md"]
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert len(data["rows"]) == 2
+    assert len(data["rows"]) == 4
+    assert "| nobias |" in next(tmp_path.glob("*.md")).read_text()
