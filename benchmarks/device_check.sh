@@ -31,7 +31,7 @@ timeout "${CE_TIMEOUT:-300}" "$py" benchmarks/bench_ce.py \
   || { echo "bench_ce.py failed or ran out of time (rc $?)"; status=1; }
 
 timeout "${LINEAR_TIMEOUT:-240}" "$py" benchmarks/bench_linear.py \
-  --shapes "${LINEAR_SHAPES:-8192x4096x131072}" --dtypes bfloat16 --variants forward,recompute,auto \
+  --shapes "${LINEAR_SHAPES:-8192x4096x131072}" --dtypes bfloat16 --variants forward,recompute,auto --heads nobias \
   --out "$out" --name linear-device "${repeats[@]}" \
   || { echo "bench_linear.py failed or ran out of time (rc $?)"; status=1; }
 
