@@ -133,7 +133,8 @@ def check_features(
     dtype: Any = np.float32,
     finite: bool = True,
 ) -> np.ndarray:
-    """``(N, F)`` real floating features, cast to ``dtype``; NaN and inf refused when ``finite``.
+    """``(N, F)`` real floating features, cast to ``dtype`` (unless None); NaN and inf
+    (also after the cast: 1e39 overflows float32) refused when ``finite``.
 
     Complex, integer, boolean and object arrays are refused rather than converted
     (a cast would drop an imaginary part or hide a mix-up of features and labels).
@@ -150,12 +151,13 @@ def check_features(
         raise ValueError(
             f"{fn}: `{name}` must have shape (N, {num_features}) for this model, got {x.shape}"
         )
-    x = x.astype(dtype)
+    if dtype is not None:
+        x = x.astype(dtype)
     if finite and not np.isfinite(x).all():
         i = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(
             f"{fn}: `{name}` must be finite, got {x[tuple(i)]} at {tuple(int(v) for v in i)} "
-            f"(as {np.dtype(dtype).name})"
+            f"(as {x.dtype.name})"
         )
     return x
 
