@@ -15,20 +15,33 @@ import math
 import numbers
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 INT32 = np.iinfo(np.int32)
+
+
+def _is_array(value: Any) -> bool:
+    import jax
+
+    return isinstance(value, (np.ndarray, jax.Array))
+
+
+def is_real_floating(dtype: Any) -> bool:
+    """Floating and not complex, counting ml_dtypes' bfloat16 and float8 types."""
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
 #: Seeds are used by NumPy's generators and by ``jax.random.key``; this range suits both.
 SEED_MAX = 2**32 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 
-def _show(value: Any) -> str:
+def describe(value: Any) -> str:
     """``repr`` of ``value``, shortened; arrays are described by dtype and shape."""
-    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0:
+    if _is_array(value) and np.ndim(value) > 0:
         return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -39,7 +52,7 @@ def check_int(
 ) -> int:
     """A Python or NumPy integer (not a bool, not ``1.0``) in ``[minimum, maximum]``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: `{name}` must be an int, got {_show(value)}")
+        raise TypeError(f"{fn}: `{name}` must be an int, got {describe(value)}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         if maximum is None:
@@ -68,16 +81,16 @@ def check_ignore_index(fn: str, value: Any) -> int:
 
 def check_bool(fn: str, name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: `{name}` must be True or False, got {_show(value)}")
+        raise TypeError(f"{fn}: `{name}` must be True or False, got {describe(value)}")
     return bool(value)
 
 
 def _real(fn: str, name: str, value: Any, what: str) -> float:
-    if isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0:
-        if jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer):
+    if _is_array(value) and value.ndim == 0:
+        if is_real_floating(value.dtype) or np.issubdtype(value.dtype, np.integer):
             value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: `{name}` must be {what}, got {_show(value)}")
+        raise TypeError(f"{fn}: `{name}` must be {what}, got {describe(value)}")
     return float(value)
 
 
@@ -86,7 +99,7 @@ def check_learning_rate(fn: str, name: str, value: Any) -> float:
     what = "a finite float > 0"
     lr = _real(fn, name, value, what)
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"{fn}: `{name}` must be {what}, got {_show(value)}")
+        raise ValueError(f"{fn}: `{name}` must be {what}, got {describe(value)}")
     if lr > _FLOAT32_MAX or lr < _FLOAT32_TINY:
         raise ValueError(
             f"{fn}: `{name}`={lr!r} is {'inf' if lr > _FLOAT32_MAX else '0'} in float32, "
@@ -100,7 +113,7 @@ def check_fraction(fn: str, name: str, value: Any) -> float:
     what = "a float in [0, 1]"
     v = _real(fn, name, value, what)
     if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{fn}: `{name}` must be {what}, got {_show(value)}")
+        raise ValueError(f"{fn}: `{name}` must be {what}, got {describe(value)}")
     return v
 
 
@@ -110,18 +123,18 @@ def check_optimizer(fn: str, name: str, value: Any):
     if not isinstance(value, optax.GradientTransformation):
         raise TypeError(
             f"{fn}: `{name}` must be an optax.GradientTransformation (e.g. optax.adam(1e-2)), "
-            f"got {_show(value)}"
+            f"got {describe(value)}"
         )
     return value
 
 
 def _host_array(fn: str, name: str, value: Any) -> np.ndarray:
     if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{fn}: `{name}` must be an array, got {_show(value)}")
+        raise TypeError(f"{fn}: `{name}` must be an array, got {describe(value)}")
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{fn}: `{name}` must be an array, got {_show(value)} ({e})") from None
+        raise TypeError(f"{fn}: `{name}` must be an array, got {describe(value)} ({e})") from None
 
 
 def check_features(
@@ -140,7 +153,7 @@ def check_features(
     (a cast would drop an imaginary part or hide a mix-up of features and labels).
     """
     x = _host_array(fn, name, value)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if not is_real_floating(x.dtype):
         raise TypeError(
             f"{fn}: `{name}` must hold real floating values, got dtype {x.dtype} (shape {x.shape})"
         )
@@ -200,7 +213,7 @@ def check_class_weight(
     if value is None:
         return None
     w = _host_array(fn, name, value)
-    if not jnp.issubdtype(w.dtype, jnp.floating) or w.ndim != 1:
+    if not is_real_floating(w.dtype) or w.ndim != 1:
         raise ValueError(f"{fn}: `{name}` must be a 1-D floating array, got {w.dtype} {w.shape}")
     if num_classes is not None and w.shape != (num_classes,):
         raise ValueError(

@@ -217,7 +217,7 @@ def load_dataset(name: str = "blobs", *, seed: int = 0, test_fraction: float = 0
     fn = "load_dataset"
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(
-            f"{fn}: unknown dataset {_validate._show(name)}; choose one of {', '.join(DATASETS)}"
+            f"{fn}: unknown dataset {_validate.describe(name)}; choose one of {', '.join(DATASETS)}"
         )
     seed = _validate.check_seed(fn, "seed", seed)
     fraction = _validate.check_fraction(fn, "test_fraction", test_fraction)

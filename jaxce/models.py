@@ -63,7 +63,7 @@ def _check_size(fn: str, name: str, value: Any) -> int:
 
 def _check_init(fn: str, init: Any) -> str:
     if not isinstance(init, str) or init not in INITS:
-        raise ValueError(f"{fn}: `init` must be one of {INITS}, got {_validate._show(init)}")
+        raise ValueError(f"{fn}: `init` must be one of {INITS}, got {_validate.describe(init)}")
     return init
 
 
@@ -71,12 +71,14 @@ def _check_input(fn: str, x: Any, in_features: int) -> Any:
     """``x`` as an array of real floating ``(..., in_features)`` values (lists too)."""
     if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
         if isinstance(x, (str, bytes)) or x is None:
-            raise TypeError(f"{fn}: expected a floating array as input, got {_validate._show(x)}")
+            raise TypeError(
+                f"{fn}: expected a floating array as input, got {_validate.describe(x)}"
+            )
         try:
             x = np.asarray(x)
         except (TypeError, ValueError) as e:
             raise TypeError(
-                f"{fn}: expected a floating array as input, got {_validate._show(x)} ({e})"
+                f"{fn}: expected a floating array as input, got {_validate.describe(x)} ({e})"
             ) from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(

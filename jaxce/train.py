@@ -210,7 +210,7 @@ def _check_eval_data(fn: str, model: Any, eval_data: Any, ignore_index: int):
         return None
     if not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2:
         raise TypeError(
-            f"{fn}: `eval_data` must be a pair (x, y) or None, got {_validate._show(eval_data)}"
+            f"{fn}: `eval_data` must be a pair (x, y) or None, got {_validate.describe(eval_data)}"
             + (f" of length {len(eval_data)}" if isinstance(eval_data, (tuple, list)) else "")
         )
     ex = _validate.check_features(fn, "eval_data[0]", eval_data[0], num_features=model.in_features)
