@@ -313,6 +313,7 @@ def _epoch_metrics(metrics: np.ndarray, ys: np.ndarray, weight, ignore_index: in
     weight (its row count without weights) gives the loss's ``mean`` reduction over the
     whole epoch, not a mean of batch means (which a short, padded last batch would skew).
     """
+    metrics = metrics.astype(np.float64)  # counts are exact; divide them in float64
     valid = ys != ignore_index  # (steps, batch)
     if weight is None:
         batch_weight = valid.sum(axis=1).astype(np.float64)
