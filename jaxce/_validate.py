@@ -165,7 +165,8 @@ def check_features(
             f"{fn}: `{name}` must have shape (N, {num_features}) for this model, got {x.shape}"
         )
     if dtype is not None:
-        x = x.astype(dtype)
+        with np.errstate(over="ignore"):  # an overflow to inf is reported just below
+            x = x.astype(dtype)
     if finite and not np.isfinite(x).all():
         i = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(
@@ -201,7 +202,7 @@ def check_labels(
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"{fn}: label {int(y[i])} at position {i} is not a class in "
-                f"[0, {num_classes}) nor ignore_index={ignore_index}"
+                f"[0, {num_classes}) nor ignore_index={ignore_index} (in `{name}`)"
             )
     return y.astype(np.int32)
 

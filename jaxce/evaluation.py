@@ -456,7 +456,9 @@ def per_example_grads(
     fn = "per_example_grads"
     graphdef, params, ensemble = _split_model(fn, model)
     if ensemble:
-        raise TypeError(f"{fn}: pass one model; for an ensemble use ens.member(i)")
+        raise TypeError(
+            f"{fn}: `model` is an Ensemble; pass one model (for a member: `model.member(i)`)"
+        )
     label_smoothing = _validate.check_fraction(fn, "label_smoothing", label_smoothing)
     dtype = _param_dtype(params)
     x, y, ignore_index = _check_data(fn, x, y, ignore_index, dtype)
