@@ -40,10 +40,13 @@ _FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 
 def describe(value: Any) -> str:
-    """``repr`` of ``value``, shortened; arrays are described by dtype and shape."""
+    """``repr`` of ``value`` on one line, shortened; arrays are described by dtype and shape."""
     if _is_array(value) and np.ndim(value) > 0:
-        return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
-    text = repr(value)
+        return f"<{value.dtype} array of shape {tuple(value.shape)}>"
+    if isinstance(value, (tuple, list)) and any(_is_array(v) for v in value):
+        inner = ", ".join(describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    text = " ".join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + "..."
 
 
