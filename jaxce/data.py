@@ -84,10 +84,6 @@ class Dataset:
         )
 
 
-def _check_int(fn: str, name: str, value, minimum: int) -> int:
-    return _validate.check_int(fn, name, value, minimum=minimum)
-
-
 def make_blobs(
     num_examples: int = 1500, *, num_features: int = 10, num_classes: int = 3, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +110,9 @@ def make_blobs(
       ((100, 10), (100,), [0, 1, 2])
     """
     fn = "make_blobs"
-    n = _check_int(fn, "num_examples", num_examples, 1)
-    f = _check_int(fn, "num_features", num_features, 1)
-    c = _check_int(fn, "num_classes", num_classes, 2)
+    n = _validate.check_int(fn, "num_examples", num_examples, minimum=1)
+    f = _validate.check_int(fn, "num_features", num_features, minimum=1)
+    c = _validate.check_int(fn, "num_classes", num_classes, minimum=2)
     rng = np.random.default_rng(_validate.check_seed(fn, "seed", seed))
     means = rng.normal(size=(c, f))
     centred = means - means.mean(axis=0)
@@ -156,10 +152,10 @@ def make_teacher(
       ((50, 10), 'int32')
     """
     fn = "make_teacher"
-    n = _check_int(fn, "num_examples", num_examples, 1)
-    f = _check_int(fn, "num_features", num_features, 1)
-    c = _check_int(fn, "num_classes", num_classes, 2)
-    h = _check_int(fn, "hidden", hidden, 1)
+    n = _validate.check_int(fn, "num_examples", num_examples, minimum=1)
+    f = _validate.check_int(fn, "num_features", num_features, minimum=1)
+    c = _validate.check_int(fn, "num_classes", num_classes, minimum=2)
+    h = _validate.check_int(fn, "hidden", hidden, minimum=1)
     rng = np.random.default_rng(_validate.check_seed(fn, "seed", seed))
     w1 = rng.normal(size=(f, h)) / np.sqrt(f)
     b1 = rng.normal(size=h) * 0.1
