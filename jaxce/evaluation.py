@@ -109,6 +109,8 @@ class EvalReport:
         return "\n".join(lines)
 
 
+#: A batch_size above this and above the dataset's length is cut to the length.
+_SMALL_BATCH = 2**16
 #: Beyond 2**24 bins the float32 bin edges k/M are no longer distinct.
 MAX_BINS = 2**24
 
@@ -295,7 +297,7 @@ def evaluate(
         ``nnx.Module`` mapping one example ``(F,)`` to logits ``(C,)``.
       x: ``(N, F)`` floating features (NumPy or JAX).
       y: ``(N,)`` integer labels in ``[0, C)``; ``ignore_index`` marks rows to skip.
-      batch_size: rows per compiled batch.
+      batch_size: rows per compiled batch (one above 65536 and above ``N`` is cut to ``N``).
       num_bins: confidence bins of the expected calibration error, in ``[1, 2**24]``.
       weight: optional ``(C,)`` finite, non-negative class weights of the loss (as in
         :func:`jaxce.cross_entropy`).
@@ -345,6 +347,10 @@ def evaluate(
         w = jnp.asarray(w, dtype)
 
     n = len(y)
+    if batch_size > max(n, _SMALL_BATCH):
+        # Same numbers from one batch of the data's rows; a huge padded batch is never
+        # allocated. Small batch sizes keep one compiled shape for every dataset length.
+        batch_size = max(n, 1)
     num_batches = max(1, -(-n // batch_size))
     total = num_batches * batch_size
     xp = np.zeros((total, num_features), dtype)

@@ -316,6 +316,14 @@ def test_evaluate_and_per_example_grads(data):
         bad("weight-short", ev(weight=np.ones(2, np.float32)), fn, "weight"),
         bad("weight-neg", ev(weight=np.array([1, -1, 1], np.float32)), fn, "weight"),
         good(
+            "batch_size-beyond-memory",
+            lambda: (evaluate(model, x, y, batch_size=10**12), evaluate(model, x, y)),
+            lambda pair: (
+                pair[0].loss == pytest.approx(pair[1].loss, rel=1e-6)
+                and np.array_equal(pair[0].confusion, pair[1].confusion)
+            ),
+        ),
+        good(
             "x-list",
             lambda: (evaluate(model, x.tolist(), y.tolist()), evaluate(model, x, y)),
             lambda pair: pair[0].loss == pair[1].loss and pair[0].ece == pair[1].ece,
