@@ -450,7 +450,7 @@ def test_smallnet_and_ensemble():
 
 def test_from_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
+    save_file = pytest.importorskip("safetensors.torch").save_file
 
     net = SmallNet(rngs=nnx.Rngs(3))
     sd = to_state_dict(net)
