@@ -23,40 +23,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(text: str) -> int:
+#: Upper bounds of the integer flags: what fits int32, and what keeps a run of the
+#: SmallNet CLI bounded (a padded batch is allocated whole; members are built one by one).
+_MAX_INT = 2**31 - 1
+_MAX_BATCH = 2**20
+_MAX_HIDDEN = 2**16
+_MAX_MEMBERS = 1024
+_MAX_SEED = 2**32 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.401298464324817e-45  # the smallest float32 above 0
+
+
+def _bounded_int(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {what} in [{low}, {high}], got {text!r}")
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _bounded_int(text, 1, _MAX_INT, "a positive integer")
+
+
+def _batch_size(text: str) -> int:
+    return _bounded_int(text, 1, _MAX_BATCH, "a positive integer")
+
+
+def _hidden(text: str) -> int:
+    return _bounded_int(text, 1, _MAX_HIDDEN, "a positive integer")
+
+
+def _members(text: str) -> int:
+    return _bounded_int(text, 1, _MAX_MEMBERS, "a positive integer")
+
+
 def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    """A seed: NumPy's generators and ``jax.random.key`` both take ``[0, 2**32)``."""
+    return _bounded_int(text, 0, _MAX_SEED, "an integer")
 
 
 def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:  # NaN fails the comparison too
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
+    """A learning rate: finite and > 0 in float32, the parameters' dtype."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        value = None
+    if value is None or not _FLOAT32_TINY <= value <= _FLOAT32_MAX:  # NaN, inf, 1e39, 1e-50
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number > 0 that float32 can hold, got {text!r}"
+        )
     return value
 
 
@@ -357,10 +385,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_dataset, default="blobs", help=f"one of: {names}")
     p.add_argument(
         "--ensemble",
-        type=_positive_int,
+        type=_members,
         default=1,
         metavar="K",
-        help="train K SmallNets together (1)",
+        help=f"train K SmallNets together, K <= {_MAX_MEMBERS} (1)",
     )
     p.add_argument("--epochs", type=_positive_int, default=20, metavar="N", help="(20)")
     p.add_argument(
@@ -370,10 +398,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="E",
         help="label smoothing in [0, 1] (0)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="(32)")
-    p.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (0.01)")
-    p.add_argument("--hidden", type=_positive_int, default=5, help="hidden units (5)")
-    p.add_argument("--seed", type=_int, default=0, help="model and shuffling seed (0)")
+    p.add_argument("--batch-size", type=_batch_size, default=32, help="(32)")
+    p.add_argument(
+        "--lr", type=_positive_float, default=1e-2, help="Adam learning rate, finite > 0 (0.01)"
+    )
+    p.add_argument("--hidden", type=_hidden, default=5, help=f"hidden units <= {_MAX_HIDDEN} (5)")
+    p.add_argument(
+        "--seed", type=_int, default=0, help=f"model and shuffling seed in [0, {_MAX_SEED}] (0)"
+    )
     p.add_argument("--save", metavar="DIR", help="save the trained model to DIR (crash-safe)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -385,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="dataset (default: the one it was trained on)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="(256)")
+    p.add_argument("--batch-size", type=_batch_size, default=256, help="(256)")
     return parser
 
 

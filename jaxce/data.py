@@ -12,9 +12,10 @@ This module imports only NumPy (scikit-learn when one of its datasets is asked f
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import numpy as np
+
+from jaxce import _validate
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "make_blobs", "make_teacher"]
 
@@ -83,12 +84,6 @@ class Dataset:
         )
 
 
-def _check_int(fn: str, name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def make_blobs(
     num_examples: int = 1500, *, num_features: int = 10, num_classes: int = 3, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +98,7 @@ def make_blobs(
       num_examples: number of examples.
       num_features: number of features.
       num_classes: number of classes (at least 2).
-      seed: NumPy seed; the same seed gives the same arrays.
+      seed: NumPy seed in ``[0, 2**32)``; the same seed gives the same arrays.
 
     Returns:
       ``(x, y)``: float32 ``(num_examples, num_features)`` and int32 ``(num_examples,)``.
@@ -115,10 +110,10 @@ def make_blobs(
       ((100, 10), (100,), [0, 1, 2])
     """
     fn = "make_blobs"
-    n = _check_int(fn, "num_examples", num_examples, 1)
-    f = _check_int(fn, "num_features", num_features, 1)
-    c = _check_int(fn, "num_classes", num_classes, 2)
-    rng = np.random.default_rng(seed)
+    n = _validate.check_int(fn, "num_examples", num_examples, minimum=1)
+    f = _validate.check_int(fn, "num_features", num_features, minimum=1)
+    c = _validate.check_int(fn, "num_classes", num_classes, minimum=2)
+    rng = np.random.default_rng(_validate.check_seed(fn, "seed", seed))
     means = rng.normal(size=(c, f))
     centred = means - means.mean(axis=0)
     means = centred * (1.3 * np.sqrt(2.0) / np.linalg.norm(centred, axis=1, keepdims=True))
@@ -145,7 +140,7 @@ def make_teacher(
       num_features: number of features.
       num_classes: number of classes (at least 2).
       hidden: the teacher's hidden width.
-      seed: NumPy seed for the teacher and the features.
+      seed: NumPy seed in ``[0, 2**32)`` for the teacher and the features.
 
     Returns:
       ``(x, y)``: float32 ``(num_examples, num_features)`` and int32 ``(num_examples,)``.
@@ -157,11 +152,11 @@ def make_teacher(
       ((50, 10), 'int32')
     """
     fn = "make_teacher"
-    n = _check_int(fn, "num_examples", num_examples, 1)
-    f = _check_int(fn, "num_features", num_features, 1)
-    c = _check_int(fn, "num_classes", num_classes, 2)
-    h = _check_int(fn, "hidden", hidden, 1)
-    rng = np.random.default_rng(seed)
+    n = _validate.check_int(fn, "num_examples", num_examples, minimum=1)
+    f = _validate.check_int(fn, "num_features", num_features, minimum=1)
+    c = _validate.check_int(fn, "num_classes", num_classes, minimum=2)
+    h = _validate.check_int(fn, "hidden", hidden, minimum=1)
+    rng = np.random.default_rng(_validate.check_seed(fn, "seed", seed))
     w1 = rng.normal(size=(f, h)) / np.sqrt(f)
     b1 = rng.normal(size=h) * 0.1
     w2 = rng.normal(size=(h, c)) / np.sqrt(h)
@@ -196,14 +191,17 @@ def load_dataset(name: str = "blobs", *, seed: int = 0, test_fraction: float = 0
       name: one of :data:`DATASETS`: ``"blobs"`` (default) and ``"teacher"`` are
         embedded; ``"iris"``, ``"wine"``, ``"breast_cancer"`` and ``"digits"`` come
         from scikit-learn (the ``datasets`` extra).
-      seed: seed of the embedded generators and of the train/test permutation.
+      seed: seed of the embedded generators and of the train/test permutation, in
+        ``[0, 2**32)``.
       test_fraction: fraction of the examples held out, in ``(0, 1)``.
 
     Returns:
       A :class:`Dataset`; its ``num_features`` and ``num_classes`` size the model.
 
     Raises:
-      ValueError: unknown ``name`` (the message lists the choices) or bad ``test_fraction``.
+      ValueError: unknown ``name`` (the message lists the choices), ``seed`` or
+        ``test_fraction`` out of range.
+      TypeError: ``seed`` not an int, ``test_fraction`` not a real number.
       ImportError: a scikit-learn dataset without scikit-learn installed.
 
     Examples:
@@ -212,16 +210,15 @@ def load_dataset(name: str = "blobs", *, seed: int = 0, test_fraction: float = 0
       >>> abs(float(ds.x_train.mean())) < 1e-6, ds.x_test.shape
       (True, (300, 10))
     """
+    fn = "load_dataset"
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(
-            f"load_dataset: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
+            f"{fn}: unknown dataset {_validate.describe(name)}; choose one of {', '.join(DATASETS)}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"load_dataset: `seed` must be an int, got {seed!r}")
-    if not isinstance(test_fraction, numbers.Real) or not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(
-            f"load_dataset: `test_fraction` must be a number in (0, 1), got {test_fraction!r}"
-        )
+    seed = _validate.check_seed(fn, "seed", seed)
+    fraction = _validate.check_fraction(fn, "test_fraction", test_fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"{fn}: `test_fraction` must be a number in (0, 1), got {test_fraction!r}")
     if name == "blobs":
         x, y = make_blobs(seed=seed)
         class_names = tuple(f"class {i}" for i in range(3))
@@ -232,7 +229,7 @@ def load_dataset(name: str = "blobs", *, seed: int = 0, test_fraction: float = 0
         x, y, class_names = _load_sklearn(name)
     n = len(y)
     order = np.random.default_rng(seed).permutation(n)
-    n_test = min(max(1, round(n * float(test_fraction))), n - 1)
+    n_test = min(max(1, round(n * fraction)), n - 1)
     test, train = order[:n_test], order[n_test:]
     x = np.asarray(x, np.float64)
     mean = x[train].mean(axis=0)

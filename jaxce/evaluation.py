@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxce import _validate
 from jaxce.losses import cross_entropy
 from jaxce.softmax import softmax
 
@@ -109,10 +109,19 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _check_positive_int(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fn}: `{name}` must be a positive int, got {value!r}")
-    return int(value)
+#: A batch_size above this and above the dataset's length is cut to the length.
+_SMALL_BATCH = 2**16
+#: Beyond 2**24 bins the float32 bin edges k/M are no longer distinct.
+MAX_BINS = 2**24
+
+
+def _check_num_bins(fn: str, num_bins: Any) -> int:
+    return _validate.check_int(fn, "num_bins", num_bins, minimum=1, maximum=MAX_BINS)
+
+
+def _bin_edges(num_bins: int, dtype: Any) -> np.ndarray:
+    """The interior edges ``k/M`` (k = 1..M-1), rounded to the confidences' dtype."""
+    return (np.arange(1, num_bins, dtype=np.float64) / num_bins).astype(dtype)
 
 
 def _split_model(fn: str, model: Any):
@@ -140,36 +149,25 @@ def _member_logits(graphdef, params, x):
     return nnx.merge(graphdef, params)(x)
 
 
-def _check_data(fn: str, x: Any, y: Any, ignore_index: int, dtype) -> tuple[np.ndarray, ...]:
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim != 2:
-        raise ValueError(f"{fn}: `x` must be 2-D (examples, features), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{fn}: `x` must be floating, got dtype {x.dtype}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(
-            f"{fn}: `y` must be 1-D with one label per row of `x` ({len(x)}), got shape {y.shape}"
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"{fn}: `y` must hold integer class indices, got dtype {y.dtype}")
-    info = np.iinfo(np.int32)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"{fn}: `ignore_index` must be an int, got {ignore_index!r}")
-    if not info.min <= ignore_index <= info.max:
-        raise ValueError(f"{fn}: `ignore_index`={ignore_index} does not fit in int32")
-    return x.astype(dtype), y
+def _check_data(fn: str, x: Any, y: Any, ignore_index: Any, dtype) -> tuple[Any, ...]:
+    """``(x, y, ignore_index)``: finite real floating ``x`` cast to ``dtype``, integer ``y``."""
+    ignore_index = _validate.check_ignore_index(fn, ignore_index)
+    x = _validate.check_features(fn, "x", x, dtype=dtype)
+    y = _validate.check_labels(
+        fn, "y", y, num_examples=len(x), num_classes=None, ignore_index=ignore_index
+    )
+    return x, y, ignore_index
 
 
 def _check_labels(fn: str, y: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    bad = (y != ignore_index) & ((y < 0) | (y >= num_classes))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{fn}: label {int(y[i])} at position {i} is not a class in [0, {num_classes}) "
-            f"nor ignore_index={ignore_index}"
-        )
-    return y.astype(np.int32)
+    return _validate.check_labels(
+        fn, "y", y, num_examples=len(y), num_classes=num_classes, ignore_index=ignore_index
+    )
+
+
+def _param_dtype(params) -> np.dtype:
+    leaves = jax.tree.leaves(params)
+    return np.dtype(leaves[0].dtype) if leaves else np.dtype(np.float32)
 
 
 @functools.partial(
@@ -201,8 +199,12 @@ def _eval_batch(
     correct = (pred == y) & valid
     ones = valid.astype(jnp.int32)
     confusion = jnp.zeros((num_classes, num_classes), jnp.int32).at[y_safe, pred].add(ones)
-    # Bins (k/M, (k+1)/M], as in Guo et al. 2017; a confidence of exactly 0 joins bin 0.
-    bins = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+    # Bins (k/M, (k+1)/M], as in Guo et al. 2017, with the edges rounded to conf's dtype:
+    # a confidence equal to an edge joins the lower bin, 0 joins bin 0 and 1 bin M-1.
+    # A search over the edges rather than ceil(conf * M): the product rounds, and would
+    # move a confidence that sits on an edge into the bin above.
+    edges = jnp.asarray(_bin_edges(num_bins, conf.dtype))
+    bins = jnp.searchsorted(edges, conf, side="left").astype(jnp.int32)
     zero = jnp.zeros((), conf.dtype)
     stats = {
         "count": jnp.sum(ones),
@@ -225,12 +227,19 @@ def expected_calibration_error(probabilities: Any, labels: Any, *, num_bins: int
     quantity batch by batch on the device.
 
     Args:
-      probabilities: ``(N, C)`` predicted probabilities.
+      probabilities: ``(N, C)`` real floating probabilities in ``[0, 1]``; the bins are
+        computed in their dtype (a float32 confidence equal to ``float32(k/M)`` sits on
+        the edge and joins the lower bin, as in :func:`evaluate`).
       labels: ``(N,)`` integer labels.
-      num_bins: number of bins ``M``.
+      num_bins: number of bins ``M``, in ``[1, 2**24]``.
 
     Returns:
       The ECE as a Python float (NaN for ``N = 0``).
+
+    Raises:
+      TypeError: non-floating probabilities or non-integer labels.
+      ValueError: wrong shapes, probabilities outside ``[0, 1]`` (logits, say) or
+        ``num_bins`` out of range.
 
     Examples:
       >>> import numpy as np
@@ -239,14 +248,24 @@ def expected_calibration_error(probabilities: Any, labels: Any, *, num_bins: int
       >>> round(expected_calibration_error(p, y, num_bins=10), 6)  # (|1-0.9| + |0-0.6|) / 2
       0.35
     """
-    num_bins = _check_positive_int("expected_calibration_error", "num_bins", num_bins)
-    p = np.asarray(probabilities, np.float64)
-    y = np.asarray(labels)
+    fn = "expected_calibration_error"
+    num_bins = _check_num_bins(fn, num_bins)
+    p = _validate.check_features(fn, "probabilities", probabilities, dtype=None)
+    if p.shape[1] < 1 or not ((p >= 0) & (p <= 1)).all():
+        bad = p[~((p >= 0) & (p <= 1))]
+        raise ValueError(
+            f"{fn}: `probabilities` must be an (N, C) array of probabilities in [0, 1], "
+            f"got shape {p.shape}" + (f" and value {bad.flat[0]} (logits?)" if bad.size else "")
+        )
+    y = _validate.check_labels(
+        fn, "labels", labels, num_examples=len(p), num_classes=None, ignore_index=-1
+    )
     if len(y) == 0:
         return float("nan")
     conf = p.max(axis=1)
     correct = p.argmax(axis=1) == y
-    bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    bins = np.searchsorted(_bin_edges(num_bins, conf.dtype), conf, side="left")
+    conf = conf.astype(np.float64)
     total = 0.0
     for b in range(num_bins):
         members = bins == b
@@ -278,18 +297,22 @@ def evaluate(
         ``nnx.Module`` mapping one example ``(F,)`` to logits ``(C,)``.
       x: ``(N, F)`` floating features (NumPy or JAX).
       y: ``(N,)`` integer labels in ``[0, C)``; ``ignore_index`` marks rows to skip.
-      batch_size: rows per compiled batch.
-      num_bins: confidence bins of the expected calibration error.
-      weight: optional ``(C,)`` class weights of the loss (as in :func:`jaxce.cross_entropy`).
-      label_smoothing: label smoothing of the reported loss (a Python float).
-      ignore_index: label value that is skipped (also used for the padding).
+      batch_size: rows per compiled batch (one above 65536 and above ``N`` is cut to ``N``).
+      num_bins: confidence bins of the expected calibration error, in ``[1, 2**24]``.
+      weight: optional ``(C,)`` finite, non-negative class weights of the loss (as in
+        :func:`jaxce.cross_entropy`).
+      label_smoothing: label smoothing of the reported loss, a float in ``[0, 1]``.
+      ignore_index: label value that is skipped (also used for the padding); fits int32.
 
     Returns:
       An :class:`EvalReport`.
 
     Raises:
-      ValueError: shapes that do not fit the model, or a label that is neither a
-        class nor ``ignore_index`` (the message names it and its position).
+      TypeError: an argument of the wrong type (non-floating or complex ``x``,
+        non-integer ``y``, ...); the message names it and the value.
+      ValueError: shapes that do not fit the model, non-finite features, an option
+        out of range, or a label that is neither a class nor ``ignore_index`` (the
+        message names it and its position).
 
     Examples:
       >>> import numpy as np
@@ -303,15 +326,12 @@ def evaluate(
       (300, (3, 3), True)
     """
     fn = "evaluate"
-    batch_size = _check_positive_int(fn, "batch_size", batch_size)
-    num_bins = _check_positive_int(fn, "num_bins", num_bins)
-    if not isinstance(label_smoothing, (float, int)) or isinstance(label_smoothing, bool):
-        raise TypeError(f"{fn}: `label_smoothing` must be a Python float, got {label_smoothing!r}")
-    if not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"{fn}: `label_smoothing` must be in [0, 1], got {label_smoothing!r}")
+    batch_size = _validate.check_int(fn, "batch_size", batch_size, minimum=1)
+    num_bins = _check_num_bins(fn, num_bins)
+    label_smoothing = _validate.check_fraction(fn, "label_smoothing", label_smoothing)
     graphdef, params, ensemble = _split_model(fn, model)
-    dtype = np.dtype(jax.tree.leaves(params)[0].dtype)
-    x, y = _check_data(fn, x, y, ignore_index, dtype)
+    dtype = _param_dtype(params)
+    x, y, ignore_index = _check_data(fn, x, y, ignore_index, dtype)
     num_features = x.shape[1]
     member = model.member(0) if ensemble else model
     try:
@@ -322,16 +342,15 @@ def evaluate(
         ) from e
     num_classes = int(out.shape[-1])
     y = _check_labels(fn, y, num_classes, ignore_index)
-    w = None
-    if weight is not None:
-        w = np.asarray(weight)
-        if w.shape != (num_classes,) or not np.issubdtype(w.dtype, np.floating):
-            raise ValueError(
-                f"{fn}: `weight` must be a floating ({num_classes},) array, got {w.dtype} {w.shape}"
-            )
+    w = _validate.check_class_weight(fn, "weight", weight, num_classes=num_classes)
+    if w is not None:
         w = jnp.asarray(w, dtype)
 
     n = len(y)
+    if batch_size > max(n, _SMALL_BATCH):
+        # Same numbers from one batch of the data's rows; a huge padded batch is never
+        # allocated. Small batch sizes keep one compiled shape for every dataset length.
+        batch_size = max(n, 1)
     num_batches = max(1, -(-n // batch_size))
     total = num_batches * batch_size
     xp = np.zeros((total, num_features), dtype)
@@ -422,9 +441,9 @@ def per_example_grads(
       model: a :class:`~jaxce.models.SmallNet` (or another single ``nnx.Module``).
       x: ``(N, F)`` features.
       y: ``(N,)`` integer labels.
-      weight: optional ``(C,)`` class weights.
-      label_smoothing: a Python float in ``[0, 1]``.
-      ignore_index: label value whose examples get a zero gradient.
+      weight: optional ``(C,)`` finite, non-negative class weights.
+      label_smoothing: a float in ``[0, 1]``.
+      ignore_index: label value whose examples get a zero gradient; fits int32.
 
     Returns:
       An ``nnx.State`` shaped like ``nnx.state(model)`` with a leading ``N`` axis on
@@ -443,12 +462,22 @@ def per_example_grads(
     fn = "per_example_grads"
     graphdef, params, ensemble = _split_model(fn, model)
     if ensemble:
-        raise TypeError(f"{fn}: pass one model; for an ensemble use ens.member(i)")
-    dtype = np.dtype(jax.tree.leaves(params)[0].dtype)
-    x, y = _check_data(fn, x, y, ignore_index, dtype)
-    num_classes = int(jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape[1:], dtype)).shape[-1])
+        raise TypeError(
+            f"{fn}: `model` is an Ensemble; pass one model (for a member: `model.member(i)`)"
+        )
+    label_smoothing = _validate.check_fraction(fn, "label_smoothing", label_smoothing)
+    dtype = _param_dtype(params)
+    x, y, ignore_index = _check_data(fn, x, y, ignore_index, dtype)
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape[1:], dtype))
+    except Exception as e:  # noqa: BLE001 - re-raised with the shapes named
+        raise ValueError(
+            f"{fn}: the model cannot take examples with {x.shape[1]} features: {e}"
+        ) from e
+    num_classes = int(out.shape[-1])
     y = _check_labels(fn, y, num_classes, ignore_index)
-    w = None if weight is None else jnp.asarray(weight, dtype)
+    w = _validate.check_class_weight(fn, "weight", weight, num_classes=num_classes)
+    w = None if w is None else jnp.asarray(w, dtype)
     return _per_example_grads(
         params,
         x,

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxce import _validate
+
 __all__ = ["SmallNet", "Ensemble", "from_torch", "to_state_dict", "torch_linear_init"]
 
 INITS = ("torch", "flax")
@@ -56,15 +58,38 @@ def torch_linear_init(fan_in: int):
 
 
 def _check_size(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fn}: `{name}` must be a positive int, got {value!r}")
-    return int(value)
+    return _validate.check_int(fn, name, value, minimum=1, maximum=int(_validate.INT32.max))
 
 
 def _check_init(fn: str, init: Any) -> str:
-    if init not in INITS:
-        raise ValueError(f"{fn}: `init` must be one of {INITS}, got {init!r}")
+    if not isinstance(init, str) or init not in INITS:
+        raise ValueError(f"{fn}: `init` must be one of {INITS}, got {_validate.describe(init)}")
     return init
+
+
+def _check_input(fn: str, x: Any, in_features: int) -> Any:
+    """``x`` as an array of real floating ``(..., in_features)`` values (lists too)."""
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        if isinstance(x, (str, bytes)) or x is None:
+            raise TypeError(
+                f"{fn}: expected a floating array as input, got {_validate.describe(x)}"
+            )
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"{fn}: expected a floating array as input, got {_validate.describe(x)} ({e})"
+            ) from None
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: input must hold real floating values, got dtype {x.dtype} "
+            f"(shape {tuple(jnp.shape(x))}); cast it, e.g. `x.astype(jnp.float32)`"
+        )
+    if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != in_features:
+        raise ValueError(
+            f"{fn}: expected input of shape (..., {in_features}), got {tuple(jnp.shape(x))}"
+        )
+    return x
 
 
 class SmallNet(nnx.Module):
@@ -79,8 +104,9 @@ class SmallNet(nnx.Module):
         ``U(±1/sqrt(fan_in))`` as ``torch.nn.Linear`` does; ``"flax"`` uses
         ``nnx.Linear``'s defaults (LeCun-normal kernel, zero bias).
 
-    Calling it on ``x`` of shape ``(..., in_features)`` (one example or a batch)
-    returns logits of shape ``(..., out_features)``.
+    Calling it on real floating ``x`` of shape ``(..., in_features)`` (one example or a
+    batch; an array or a nested list) returns logits of shape ``(..., out_features)``.
+    Complex, integer or boolean input is refused with a TypeError.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -119,11 +145,7 @@ class SmallNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits ``(..., out_features)`` for ``x`` of shape ``(..., in_features)``."""
-        if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_features:
-            raise ValueError(
-                f"SmallNet: expected input of shape (..., {self.in_features}), "
-                f"got {tuple(jnp.shape(x))}"
-            )
+        x = _check_input("SmallNet", x, self.in_features)
         return self.fc2(jax.nn.relu(self.fc1(x)))
 
 
@@ -154,11 +176,12 @@ class Ensemble(nnx.Module):
     Args:
       num_members: K, at least 1.
       in_features, hidden_features, out_features: each member's sizes.
-      seed: member ``i`` is seeded with ``seed + i``.
+      seed: member ``i`` is seeded with ``seed + i``; every ``seed + i`` must lie in
+        ``[0, 2**32)``.
       init: ``"torch"`` or ``"flax"``, as for :class:`SmallNet`.
 
-    Calling it on ``x`` of shape ``(..., in_features)`` returns every member's
-    logits, shape ``(K, ..., out_features)``.
+    Calling it on ``x`` of shape ``(..., in_features)`` (what :class:`SmallNet`
+    accepts) returns every member's logits, shape ``(K, ..., out_features)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -187,8 +210,7 @@ class Ensemble(nnx.Module):
         )
         self.in_features, self.hidden_features, self.out_features = sizes
         self.init = _check_init(fn, init)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"{fn}: `seed` must be an int, got {seed!r}")
+        seed = _validate.check_seed(fn, "seed", seed, count=self.num_members)
 
         # Built one by one and stacked on the host: after the first member every draw
         # reuses compiled kernels, which is far cheaper than compiling a vmapped init.
@@ -245,33 +267,64 @@ class Ensemble(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Every member's logits, ``(K, ..., out_features)``."""
+        x = _check_input("Ensemble", x, self.in_features)
         graphdef, state = nnx.split(self.members)
         return _apply_members(graphdef, state, x)
 
 
 def _to_numpy(key: str, value: Any) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(
-        value, "cpu"
-    ):  # a torch tensor, without importing torch
-        value = value.detach().cpu()
+    """A float32 NumPy copy of a torch tensor, NumPy or JAX array of any real floating dtype."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor (torch not imported)
+        layout = str(getattr(value, "layout", "torch.strided"))
+        if layout != "torch.strided":
+            raise TypeError(
+                f"from_torch: `{key}` must be a dense tensor, got layout {layout}; "
+                "convert it with `.to_dense()`"
+            )
+        if getattr(value, "is_meta", False):
+            raise ValueError(
+                f"from_torch: `{key}` is a meta tensor: it has a shape "
+                f"{tuple(value.shape)} but no values to load"
+            )
+        if getattr(value, "is_quantized", False):
+            raise TypeError(
+                f"from_torch: `{key}` is a quantized tensor; dequantize it with `.dequantize()`"
+            )
         if not value.is_floating_point():
             raise TypeError(f"from_torch: `{key}` must be a floating tensor, got {value.dtype}")
-        value = value.float().numpy()
-    elif not isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        return value.detach().cpu().float().numpy()  # bfloat16 and float16 widen exactly
+    if not isinstance(value, (np.ndarray, np.generic, jax.Array)):
         raise TypeError(
-            f"from_torch: `{key}` must be a torch tensor or a NumPy array, "
+            f"from_torch: `{key}` must be a torch tensor or a NumPy or JAX array, "
             f"got {type(value).__name__}"
         )
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating):
+    # jnp.issubdtype also knows ml_dtypes' bfloat16 (safetensors' and JAX's), which NumPy's
+    # own issubdtype does not count as floating.
+    if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(f"from_torch: `{key}` must be floating, got dtype {array.dtype}")
     return array.astype(np.float32)
+
+
+def _read_error(path: pathlib.Path, what: str, e: BaseException) -> ValueError:
+    cause = f"{type(e).__name__}: {e}".strip().rstrip(":")
+    return ValueError(
+        f"from_torch: cannot read {str(path)!r} as a {what} state dict (damaged, truncated "
+        f"or another kind of file): {cause:.200}"
+    )
 
 
 def _load_file(path: pathlib.Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"from_torch: no such file {str(path)!r}")
     suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise ValueError(
+            f"from_torch: unsupported file type {suffix!r} for {str(path)!r}; "
+            "expected .safetensors, .pt, .pth or .bin"
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"from_torch: {str(path)!r} is empty (0 bytes)")
     if suffix == ".safetensors":
         try:
             from safetensors.numpy import load_file
@@ -279,31 +332,33 @@ def _load_file(path: pathlib.Path) -> Mapping[str, Any]:
             raise ImportError(
                 "from_torch: reading .safetensors needs `pip install safetensors`"
             ) from e
-        return load_file(str(path))
-    if suffix in (".pt", ".pth", ".bin"):
         try:
-            import torch
-        except ImportError as e:
-            raise ImportError(f"from_torch: reading {suffix} files needs torch installed") from e
-        try:
-            # weights_only=True: tensors and plain containers only, never arbitrary objects.
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"from_torch: {str(path)!r} holds more than tensors (a pickled module or "
-                "other objects) and is refused (weights_only=True); save "
-                "`model.state_dict()` instead"
-            ) from e
-        if not isinstance(loaded, Mapping):
-            raise ValueError(
-                f"from_torch: {str(path)!r} holds a {type(loaded).__name__}, expected a "
-                "state dict (a mapping of names to tensors)"
-            )
-        return loaded
-    raise ValueError(
-        f"from_torch: unsupported file type {suffix!r} for {str(path)!r}; "
-        "expected .safetensors, .pt, .pth or .bin"
-    )
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors' own error types; re-raised named
+            raise _read_error(path, "safetensors", e) from e
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"from_torch: reading {suffix} files needs torch installed") from e
+    try:
+        # weights_only=True: tensors and plain containers only, never arbitrary objects.
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise _read_error(path, "torch", e) from e
+        raise ValueError(
+            f"from_torch: {str(path)!r} holds more than tensors (a pickled module or "
+            "other objects) and is refused (weights_only=True); save "
+            "`model.state_dict()` instead"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - EOFError, RuntimeError, KeyError... from torch
+        raise _read_error(path, "torch", e) from e
+    if not isinstance(loaded, Mapping):
+        raise ValueError(
+            f"from_torch: {str(path)!r} holds a {type(loaded).__name__}, expected a "
+            "state dict (a mapping of names to tensors)"
+        )
+    return loaded
 
 
 def from_torch(
@@ -322,14 +377,19 @@ def from_torch(
         file holding one.
       init: recorded on the model (it decides nothing here: every value is loaded).
 
+    Values may be float32, float64, float16 or bfloat16 (torch tensors, NumPy arrays
+    including ``ml_dtypes.bfloat16``, JAX arrays, or a bf16 ``.safetensors`` file as
+    Hugging Face ships them); they are converted to float32 (exactly from 16 bits).
+
     Returns:
       A float32 :class:`SmallNet` with ``kernel = weight.T`` and ``bias = bias``.
 
     Raises:
       KeyError: a key is missing or unexpected (all are named).
       ValueError: a shape is wrong (the message names the key, its shape and the
-        expected one), or the file is not a plain state dict.
-      TypeError: a value is not a floating tensor/array.
+        expected one), a tensor is a meta tensor (no values), or the file is empty,
+        truncated, damaged, of another kind, or not a plain state dict.
+      TypeError: a value is not a dense floating tensor/array.
       FileNotFoundError: the path does not exist.
 
     Examples:
@@ -341,6 +401,7 @@ def from_torch(
       >>> model.fc1.kernel.shape, float(model(np.ones((1, 10), np.float32))[0, 0])
       ((10, 5), 50.0)
     """
+    init = _check_init("from_torch", init)
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = _load_file(pathlib.Path(state_dict))
     if not isinstance(state_dict, Mapping):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxce import _validate
 from jaxce.checkpoint import check_save_directory, restore, save
 from jaxce.evaluation import EvalReport, evaluate
 from jaxce.losses import cross_entropy
@@ -56,22 +56,29 @@ def make_train_step(
 
     The loss is ``jaxce.cross_entropy(model(x), y, weight=..., label_smoothing=...,
     ignore_index=...)`` with the ``mean`` reduction, so rows labelled
-    ``ignore_index`` (padding) change neither the loss nor the gradient.
+    ``ignore_index`` (padding) change neither the loss nor the gradient. A batch
+    with nothing to learn from (every row ignored, or every row's class weight 0)
+    gives a zero gradient, not NaN.
 
     Args:
       graphdef: ``nnx.split(model)[0]`` of a SmallNet (for an ensemble: of
         ``ensemble.members``).
-      optimizer: an optax transformation, e.g. ``optax.adam(1e-2)``.
+      optimizer: an optax ``GradientTransformation``, e.g. ``optax.adam(1e-2)``.
       ensemble: the parameters carry a leading member axis; the step is
         ``jax.vmap``-ed over it (every member sees the same batch).
-      weight: optional ``(C,)`` class weights.
-      label_smoothing: a Python float in ``[0, 1]``.
-      ignore_index: the label that marks rows to skip.
+      weight: optional ``(C,)`` finite, non-negative class weights.
+      label_smoothing: a float in ``[0, 1]``.
+      ignore_index: the label that marks rows to skip (an int that fits int32).
 
     Returns:
       The jitted step. ``metrics`` is a float32 array ``[loss, correct, count]`` (for
       an ensemble ``(K, 3)``): the batch's mean loss, the number of correct argmax
-      predictions and the number of rows not ignored.
+      predictions among the rows not ignored, and the number of rows not ignored.
+
+    Raises:
+      TypeError: ``graphdef`` is not an ``nnx.GraphDef``, ``optimizer`` not an optax
+        transformation, or an option of the wrong type (the message names it).
+      ValueError: an option out of range.
 
     Examples:
       >>> import numpy as np, optax
@@ -86,21 +93,19 @@ def make_train_step(
       >>> metrics.shape, int(metrics[2])
       ((3,), 3)
     """
-    weight_key = None
-    if weight is not None:
-        w = np.asarray(weight)
-        if w.ndim != 1 or not np.issubdtype(w.dtype, np.floating):
-            raise ValueError(
-                f"make_train_step: `weight` must be a 1-D floating array, got {w.dtype} {w.shape}"
-            )
-        weight_key = tuple(float(v) for v in w)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    fn = "make_train_step"
+    if not isinstance(graphdef, nnx.GraphDef):
         raise TypeError(
-            f"make_train_step: `label_smoothing` must be a Python float, got {label_smoothing!r}"
+            f"{fn}: `graphdef` must be an nnx.GraphDef (`nnx.split(model)[0]`), "
+            f"got {type(graphdef).__name__}"
         )
-    return _train_step(
-        graphdef, optimizer, bool(ensemble), weight_key, float(label_smoothing), int(ignore_index)
-    )
+    _validate.check_optimizer(fn, "optimizer", optimizer)
+    ensemble = _validate.check_bool(fn, "ensemble", ensemble)
+    w = _validate.check_class_weight(fn, "weight", weight)
+    weight_key = None if w is None else tuple(float(v) for v in w)
+    eps = _validate.check_fraction(fn, "label_smoothing", label_smoothing)
+    ignore_index = _validate.check_ignore_index(fn, ignore_index)
+    return _train_step(graphdef, optimizer, ensemble, weight_key, eps, ignore_index)
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,13 +123,20 @@ def _train_step(graphdef, optimizer, ensemble, weight_key, eps, ignore_index):
 
     def step(params, opt_state, x, y):
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+        valid = y != ignore_index
+        # The mean reduction divides by the batch's total weight; when that is 0 the loss
+        # is 0/0 and so is its gradient. Such a batch teaches nothing: step with zeros.
+        if w is None:
+            total = jnp.sum(valid)
+        else:
+            total = jnp.sum(jnp.where(valid, w[jnp.where(valid, y, 0)], 0.0))
+        grads = jax.tree.map(lambda g: jnp.where(total > 0, g, jnp.zeros_like(g)), grads)
         # optax's own arithmetic (e.g. Adam's ``decay**count``) mixes Python floats with
         # int32 counts, which JAX's "strict" promotion mode refuses; run it under the
         # standard rules so that jaxce works whichever mode the caller chose.
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-        valid = y != ignore_index
         correct = jnp.sum((jnp.argmax(logits, axis=-1).astype(y.dtype) == y) & valid)
         metrics = jnp.stack([loss, correct.astype(jnp.float32), jnp.sum(valid).astype(jnp.float32)])
         return params, opt_state, metrics
@@ -134,15 +146,26 @@ def _train_step(graphdef, optimizer, ensemble, weight_key, eps, ignore_index):
     return jax.jit(step)
 
 
-@functools.lru_cache(maxsize=16)
 def default_optimizer(learning_rate: float = 1e-2) -> optax.GradientTransformation:
     """``optax.adam(learning_rate)``, one object per learning rate (so compiled steps are reused).
+
+    Args:
+      learning_rate: a finite float > 0 (also in float32, the parameters' dtype).
+
+    Raises:
+      TypeError: ``learning_rate`` is not a real number.
+      ValueError: it is NaN, infinite, <= 0, or overflows or underflows float32.
 
     Examples:
       >>> from jaxce.train import default_optimizer
       >>> default_optimizer(1e-2) is default_optimizer(1e-2)
       True
     """
+    return _adam(_validate.check_learning_rate("default_optimizer", "learning_rate", learning_rate))
+
+
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
 
@@ -167,12 +190,6 @@ class TrainResult:
     report: EvalReport | None = None
 
 
-def _check_int(fn: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _split(fn: str, model: Any):
     if isinstance(model, Ensemble):
         graphdef, params = nnx.split(model.members)
@@ -183,17 +200,128 @@ def _split(fn: str, model: Any):
     raise TypeError(f"{fn}: `model` must be a SmallNet or an Ensemble, got {type(model).__name__}")
 
 
-def _progress(enabled: bool):
-    if not enabled:
+def _check_eval_data(fn: str, model: Any, eval_data: Any, ignore_index: int):
+    """``eval_data`` checked as :func:`evaluate` will check it, before any training."""
+    if eval_data is None:
         return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(bar_width=16),
-        TextColumn("{task.fields[metrics]}"),
-        TimeElapsedColumn(),
+    if not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2:
+        raise TypeError(
+            f"{fn}: `eval_data` must be a pair (x, y) or None, got {_validate.describe(eval_data)}"
+            + (f" of length {len(eval_data)}" if isinstance(eval_data, (tuple, list)) else "")
+        )
+    ex = _validate.check_features(fn, "eval_data[0]", eval_data[0], num_features=model.in_features)
+    ey = _validate.check_labels(
+        fn,
+        "eval_data[1]",
+        eval_data[1],
+        num_examples=len(ex),
+        num_classes=model.out_features,
+        ignore_index=ignore_index,
     )
+    return ex, ey
+
+
+def _check_training_data(fn, model, x, y, weight, ignore_index):
+    """``(x, y)`` as float32/int32 arrays, refusing data that has nothing to train on."""
+    x = _validate.check_features(fn, "x", x, num_features=model.in_features)
+    y = _validate.check_labels(
+        fn, "y", y, num_examples=len(x), num_classes=model.out_features, ignore_index=ignore_index
+    )
+    labelled = y != ignore_index
+    if not labelled.any():
+        raise ValueError(
+            f"{fn}: `y` has no labelled rows ({len(y)} rows, all ignore_index={ignore_index} "
+            "or none at all); there is nothing to train on"
+        )
+    if weight is not None and not np.sum(weight[y[labelled]]) > 0:
+        raise ValueError(
+            f"{fn}: every labelled row's class weight is 0 in `weight`={weight.tolist()}"
+        )
+    return x, y
+
+
+class _ProgressBar:
+    """A rich progress bar with the epoch's metrics, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, description: str, total: int, epochs: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.epochs = epochs
+        self.bar = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(bar_width=16),
+            TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(),
+        )
+        self.task = self.bar.add_task(description, total=total, metrics=f"epoch 0/{epochs}")
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def show(self, record: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        text = (
+            f"epoch {record['epoch']}/{self.epochs} "
+            f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}"
+        )
+        if "test_accuracy" in record:
+            text += f" test acc {record['test_accuracy']:.3f}"
+        self.bar.update(self.task, metrics=text)
+
+
+def _shuffled_batches(x, y, order, batch_size: int, ignore_index: int):
+    """The epoch's rows in ``order``, padded with ignored rows to whole batches."""
+    steps = -(-len(y) // batch_size)
+    xs = np.zeros((steps * batch_size, x.shape[1]), np.float32)
+    ys = np.full(steps * batch_size, ignore_index, np.int32)
+    xs[: len(y)], ys[: len(y)] = x[order], y[order]
+    return xs.reshape(steps, batch_size, -1), ys.reshape(steps, batch_size)
+
+
+def _run_epoch(step, params, opt_state, xs, ys, on_step):
+    """One pass of ``step`` over the batches; the metrics come back in one host sync."""
+    metrics = []
+    for xb, yb in zip(xs, ys, strict=True):
+        params, opt_state, m = step(params, opt_state, xb, yb)
+        metrics.append(m)
+        on_step()
+    return params, opt_state, np.stack(jax.device_get(metrics))
+
+
+def _epoch_metrics(metrics: np.ndarray, ys: np.ndarray, weight, ignore_index: int):
+    """The epoch's training loss and accuracy over its examples (mean over members).
+
+    Each step reports its batch's mean loss; weighting it by the batch's total class
+    weight (its row count without weights) gives the loss's ``mean`` reduction over the
+    whole epoch, not a mean of batch means (which a short, padded last batch would skew).
+    """
+    metrics = metrics.astype(np.float64)  # counts are exact; divide them in float64
+    valid = ys != ignore_index  # (steps, batch)
+    if weight is None:
+        batch_weight = valid.sum(axis=1).astype(np.float64)
+    else:
+        batch_weight = np.where(valid, weight[np.where(valid, ys, 0)], 0.0).sum(axis=1)
+    shape = (-1,) + (1,) * (metrics.ndim - 2)  # broadcast over an ensemble's member axis
+    batch_weight = batch_weight.reshape(shape)
+    taken = batch_weight > 0  # a batch with no weight has a 0/0 loss and no say
+    loss = np.sum(np.where(taken, metrics[..., 0] * batch_weight, 0.0), axis=0)
+    loss = loss / np.sum(batch_weight, axis=0)
+    accuracy = np.sum(metrics[..., 1], axis=0) / np.maximum(np.sum(metrics[..., 2], axis=0), 1)
+    return float(np.mean(loss)), float(np.mean(accuracy))
 
 
 def fit(
@@ -220,27 +348,38 @@ def fit(
     step has one shape and the step compiles once. An ensemble's members are
     trained together, in one jitted, vmapped step, on the same batches.
 
+    Every argument is checked before anything is computed (see Raises).
+
     Args:
       model: a :class:`~jaxce.models.SmallNet` or :class:`~jaxce.models.Ensemble`;
         updated in place.
-      x: ``(N, F)`` float features.
-      y: ``(N,)`` integer labels; rows labelled ``ignore_index`` are skipped.
+      x: ``(N, F)`` real floating features, all finite (cast to float32).
+      y: ``(N,)`` integer labels; rows labelled ``ignore_index`` are skipped, and at
+        least one row must not be.
       epochs: passes over the data.
-      batch_size: rows per step.
-      optimizer: an optax transformation; default ``optax.adam(learning_rate)``.
-      learning_rate: Adam's learning rate when ``optimizer`` is None.
-      weight: optional ``(C,)`` class weights of the loss.
-      label_smoothing: label smoothing of the loss (a Python float in ``[0, 1]``).
-      ignore_index: the label that marks rows to skip (and the padding).
-      eval_data: optional held-out ``(x, y)``, evaluated with :func:`jaxce.evaluate`
+      batch_size: rows per step (a batch never holds more than ``N`` rows).
+      optimizer: an optax ``GradientTransformation``; default ``optax.adam(learning_rate)``.
+      learning_rate: Adam's learning rate when ``optimizer`` is None: finite and > 0.
+      weight: optional ``(C,)`` finite, non-negative class weights of the loss.
+      label_smoothing: label smoothing of the loss, a float in ``[0, 1]``.
+      ignore_index: the label that marks rows to skip (and the padding); fits int32.
+      eval_data: optional held-out pair ``(x, y)``, evaluated with :func:`jaxce.evaluate`
         every ``eval_every`` epochs and after the last one (plain cross-entropy: no
         class weights, no smoothing, so held-out losses compare across settings).
       eval_every: evaluation period in epochs.
-      seed: seed of the shuffling.
+      seed: seed of the shuffling, in ``[0, 2**32)``.
       progress: show a rich progress bar with loss and accuracy.
 
     Returns:
-      A :class:`TrainResult`.
+      A :class:`TrainResult`. Each epoch's ``loss`` is the mean over its examples
+      (``Σ w[y_i] ℓ_i / Σ w[y_i]`` with class weights), each at the parameters of the
+      step that saw it; ``accuracy`` the fraction of its labelled examples predicted
+      right (for an ensemble: the mean over members).
+
+    Raises:
+      TypeError: an argument of the wrong type (the message names it and the value).
+      ValueError: an argument out of range, data that do not fit the model, a
+        label that is neither a class nor ``ignore_index``, or non-finite features.
 
     Examples:
       >>> from flax import nnx
@@ -255,94 +394,50 @@ def fit(
     """
     fn = "fit"
     target, graphdef, params, ensemble = _split(fn, model)
-    epochs = _check_int(fn, "epochs", epochs, 1)
-    batch_size = _check_int(fn, "batch_size", batch_size, 1)
-    eval_every = _check_int(fn, "eval_every", eval_every, 1)
-    if (
-        isinstance(label_smoothing, bool)
-        or not isinstance(label_smoothing, (int, float))
-        or not 0.0 <= label_smoothing <= 1.0
-    ):
-        raise ValueError(
-            f"{fn}: `label_smoothing` must be a float in [0, 1], got {label_smoothing!r}"
-        )
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y)
-    if x.ndim != 2 or x.shape[1] != model.in_features:
-        raise ValueError(
-            f"{fn}: `x` must have shape (N, {model.in_features}) for this model, got {x.shape}"
-        )
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"{fn}: `y` must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}"
-        )
-    bad = (y != ignore_index) & ((y < 0) | (y >= model.out_features))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{fn}: label {int(y[i])} at position {i} is not a class in "
-            f"[0, {model.out_features}) nor ignore_index={ignore_index}"
-        )
-    y = y.astype(np.int32)
-    tx = optimizer if optimizer is not None else default_optimizer(float(learning_rate))
-    opt_state = jax.vmap(tx.init)(params) if ensemble else tx.init(params)
+    epochs = _validate.check_int(fn, "epochs", epochs, minimum=1)
+    batch_size = _validate.check_int(fn, "batch_size", batch_size, minimum=1)
+    eval_every = _validate.check_int(fn, "eval_every", eval_every, minimum=1)
+    seed = _validate.check_seed(fn, "seed", seed)
+    progress = _validate.check_bool(fn, "progress", progress)
+    ignore_index = _validate.check_ignore_index(fn, ignore_index)
+    eps = _validate.check_fraction(fn, "label_smoothing", label_smoothing)
+    weight = _validate.check_class_weight(fn, "weight", weight, num_classes=model.out_features)
+    if optimizer is None:
+        tx = default_optimizer(_validate.check_learning_rate(fn, "learning_rate", learning_rate))
+    else:
+        tx = _validate.check_optimizer(fn, "optimizer", optimizer)
+    x, y = _check_training_data(fn, model, x, y, weight, ignore_index)
+    eval_data = _check_eval_data(fn, model, eval_data, ignore_index)
+
     step = make_train_step(
         graphdef,
         tx,
         ensemble=ensemble,
         weight=weight,
-        label_smoothing=float(label_smoothing),
+        label_smoothing=eps,
         ignore_index=ignore_index,
     )
-    n = len(y)
-    steps_per_epoch = max(1, -(-n // batch_size))
-    padded = steps_per_epoch * batch_size
+    opt_state = jax.vmap(tx.init)(params) if ensemble else tx.init(params)
+    # One batch of N rows computes what a padded batch of more rows would (the padding is
+    # ignored), without allocating rows that are never used.
+    batch_size = min(batch_size, len(y))
+    steps_per_epoch = -(-len(y) // batch_size)
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
     report = None
-    bar = _progress(progress)
-    task = None
-    if bar is not None:
-        bar.start()
-        kind = f"K={model.num_members}" if ensemble else "train"
-        task = bar.add_task(kind, total=epochs * steps_per_epoch, metrics=f"epoch 0/{epochs}")
-    try:
+    description = f"K={model.num_members}" if ensemble else "train"
+    with _ProgressBar(progress, description, epochs * steps_per_epoch, epochs) as bar:
         for epoch in range(1, epochs + 1):
-            order = rng.permutation(n)
-            xs = np.zeros((padded, x.shape[1]), np.float32)
-            ys = np.full(padded, ignore_index, np.int32)
-            xs[:n], ys[:n] = x[order], y[order]
-            metrics = []
-            for s in range(steps_per_epoch):
-                rows = slice(s * batch_size, (s + 1) * batch_size)
-                params, opt_state, m = step(params, opt_state, xs[rows], ys[rows])
-                metrics.append(m)
-                if bar is not None:
-                    bar.advance(task)
-            m = np.stack(jax.device_get(metrics))  # one host sync per epoch
-            loss_sum = np.sum(m[..., 0] * m[..., 2], axis=0)
-            count = np.sum(m[..., 2], axis=0)
-            record = {
-                "epoch": epoch,
-                # Mean over members for an ensemble.
-                "loss": float(np.mean(loss_sum / np.maximum(count, 1))),
-                "accuracy": float(np.mean(np.sum(m[..., 1], axis=0) / np.maximum(count, 1))),
-            }
+            xs, ys = _shuffled_batches(x, y, rng.permutation(len(y)), batch_size, ignore_index)
+            params, opt_state, metrics = _run_epoch(step, params, opt_state, xs, ys, bar.advance)
+            loss, accuracy = _epoch_metrics(metrics, ys, weight, ignore_index)
+            record = {"epoch": epoch, "loss": loss, "accuracy": accuracy}
             if eval_data is not None and (epoch % eval_every == 0 or epoch == epochs):
                 nnx.update(target, params)
                 report = evaluate(model, *eval_data, ignore_index=ignore_index)
                 record["test_loss"] = report.loss
                 record["test_accuracy"] = report.accuracy
             history.append(record)
-            if bar is not None:
-                text = (
-                    f"epoch {epoch}/{epochs} loss {record['loss']:.3f} acc {record['accuracy']:.3f}"
-                )
-                if "test_accuracy" in record:
-                    text += f" test acc {record['test_accuracy']:.3f}"
-                bar.update(task, metrics=text)
-    finally:
-        if bar is not None:
-            bar.stop()
+            bar.show(record)
     nnx.update(target, params)
     return TrainResult(model=model, history=history, report=report)

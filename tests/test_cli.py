@@ -123,9 +123,15 @@ def test_errors_are_one_line_without_traceback(args, code, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--epochs", "0"], "expected a positive integer, got '0'"),
+        (["train", "--epochs", "0"], "argument --epochs: expected a positive integer in [1, "),
         (["train", "--label-smoothing", "1.5"], "expected a number in [0, 1], got '1.5'"),
-        (["train", "--ensemble", "two"], "expected a positive integer, got 'two'"),
+        (
+            ["train", "--ensemble", "two"],
+            "--ensemble: expected a positive integer in [1, 1024], got 'two'",
+        ),
+        (["train", "--lr", "inf"], "argument --lr: expected a finite number > 0"),
+        (["train", "--lr", "1e39"], "argument --lr: expected a finite number > 0"),
+        (["train", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295]"),
         (["evaluate"], "the following arguments are required: --load"),
         (["fly"], "invalid choice: 'fly'"),
         ([], "the following arguments are required: {demo,train,evaluate}"),

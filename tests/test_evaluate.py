@@ -84,6 +84,56 @@ def test_expected_calibration_error_reference():
     assert expected_calibration_error(p, y, num_bins=10) == pytest.approx((0.1 + 0.8 + 0.85) / 4)
 
 
+class Logits(nnx.Module):
+    """An evaluation model whose logits are its input: confidences can be placed exactly."""
+
+    def __call__(self, x):
+        return x
+
+
+def ece_by_hand(probabilities, labels, num_bins):
+    """Plain NumPy ECE, one bin at a time: bin k holds confidences c with
+    edge(k) < c <= edge(k + 1), the edges k/M rounded to the confidences' dtype."""
+    conf = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = [conf.dtype.type(k / num_bins) for k in range(num_bins + 1)]
+    total = 0.0
+    for k in range(num_bins):
+        inside = (conf > edges[k]) & (conf <= edges[k + 1])
+        if k == 0:
+            inside |= conf <= edges[0]
+        total += abs(float(correct[inside].sum()) - float(conf[inside].astype(np.float64).sum()))
+    return total / len(labels)
+
+
+def test_ece_bins_at_edges_and_in_the_top_bins():
+    """Confidences exactly on bin edges (0.5 = 5/10 with two equal logits, 0.2 = 1/5 with five)
+    and at or near 1.0 (in the top bin, never dropped), placed so that a confidence moved to
+    the neighbouring bin, or lost, changes the ECE. The device ECE, the NumPy reference and
+    a bin-by-bin hand computation agree, and match the value worked out by hand."""
+    two = np.array([[0.0, 0.0], [0.2, 0.0], [100.0, 0.0], [16.0, 0.0], [2.2, 0.0]], np.float32)
+    y2 = np.array([0, 1, 1, 0, 1], np.int32)  # on-edge right, wrong, wrong at 1.0, right, wrong
+    report = jaxce.evaluate(Logits(), two, y2, num_bins=10)
+    conf = report.probabilities.max(axis=1).astype(np.float64)
+    assert conf[0] == 0.5 and conf[2] == 1.0 and 0.9999 < conf[3] < 1.0
+    # (0.4, 0.5]: row 0; (0.5, 0.6]: row 1; (0.9, 1.0]: rows 2, 3, 4.
+    by_hand = (abs(1 - conf[0]) + abs(0 - conf[1]) + abs(1 - conf[2:].sum())) / 5
+    assert report.ece == pytest.approx(by_hand, rel=1e-6)
+    five = np.array([[0.0] * 5, [0.3, 0, 0, 0, 0], [9.0, 0, 0, 0, 0]], np.float32)
+    y5 = np.array([0, 1, 0], np.int32)  # conf 1/5 right; 0.25 wrong; 0.99 right
+    for x, y, num_bins in ((two, y2, 10), (two, y2, 1), (five, y5, 5), (five, y5, 10)):
+        report = jaxce.evaluate(Logits(), x, y, num_bins=num_bins)
+        reference = expected_calibration_error(report.probabilities, y, num_bins=num_bins)
+        hand = ece_by_hand(report.probabilities, y, num_bins)
+        assert report.ece == pytest.approx(hand, rel=1e-6, abs=1e-7), num_bins
+        assert reference == pytest.approx(hand, rel=1e-12, abs=1e-12), num_bins
+    # 1/5 sits on the edge of (0, 0.2] with 5 bins and must stay out of (0.2, 0.4]:
+    report = jaxce.evaluate(Logits(), five, y5, num_bins=5)
+    c = report.probabilities.max(axis=1).astype(np.float64)
+    assert c[0] == np.float32(0.2) and 0.2 < c[1] <= 0.4
+    assert report.ece == pytest.approx((abs(1 - c[0]) + c[1] + abs(1 - c[2])) / 3, rel=1e-6)
+
+
 def test_batches_compile_once_for_any_dataset_size(data):
     x, y = data
     model = SmallNet(10, 7, 3, rngs=nnx.Rngs(0))  # a structure no other test evaluates

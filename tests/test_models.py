@@ -79,16 +79,16 @@ def test_seeds_decide_the_parameters():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"in_features": 0}, "in_features"),
-        ({"hidden_features": 2.5}, "hidden_features"),
-        ({"out_features": True}, "out_features"),
-        ({"init": "kaiming"}, "init"),
+        ({"in_features": 0}, ValueError, "in_features` must be an int in .* got 0"),
+        ({"hidden_features": 2.5}, TypeError, "hidden_features` must be an int, got 2.5"),
+        ({"out_features": True}, TypeError, "out_features` must be an int, got True"),
+        ({"init": "kaiming"}, ValueError, "init"),
     ],
 )
-def test_constructor_errors_name_the_argument(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_constructor_errors_name_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
         SmallNet(rngs=nnx.Rngs(0), **kwargs)
 
 

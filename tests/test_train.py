@@ -2,9 +2,11 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
+import jaxce
 from jaxce.data import DATASETS, load_dataset, make_blobs
 from jaxce.models import Ensemble, SmallNet, from_torch, to_state_dict
 from jaxce.train import default_optimizer, fit, make_train_step, restore, save
@@ -79,6 +81,42 @@ def test_make_train_step_validates_options():
         make_train_step(graphdef, default_optimizer(), label_smoothing="0.1")
 
 
+def one_hot_net():
+    """A SmallNet whose logits are relu(x[:3]): a row's prediction is chosen by its features."""
+    w1 = np.zeros((5, 10), np.float32)
+    w1[:3, :3] = np.eye(3)
+    w2 = np.zeros((3, 5), np.float32)
+    w2[:, :3] = np.eye(3)
+    zeros = np.zeros
+    return from_torch(
+        {
+            "fc1.weight": w1,
+            "fc1.bias": zeros(5, np.float32),
+            "fc2.weight": w2,
+            "fc2.bias": zeros(3, np.float32),
+        }
+    )
+
+
+def test_train_step_correct_count_leaves_out_rows_of_an_ignored_real_class():
+    """With ignore_index=1 (a real class), rows labelled 1 that the net predicts as 1 are
+    neither counted nor correct; only the other labelled rows are."""
+    graphdef, params = nnx.split(one_hot_net())
+    pred = np.array([0, 1, 1, 2, 1, 0, 2, 2])
+    y = np.array([0, 1, 1, 0, 1, 2, 2, 0], np.int32)  # rows 1, 2, 4: class 1, ignored
+    x = np.zeros((8, 10), np.float32)
+    x[np.arange(8), pred] = 3.0
+    tx = optax.sgd(0.1)
+    step = make_train_step(graphdef, tx, ignore_index=1)
+    _, _, metrics = step(params, tx.init(params), x, y)
+    kept = y != 1
+    assert int(metrics[2]) == kept.sum() == 5
+    assert int(metrics[1]) == np.sum((pred == y) & kept) == 2  # rows 0 and 6
+    # The loss is the mean over the kept rows only.
+    expected = jaxce.cross_entropy(one_hot_net()(x[kept]), y[kept])
+    np.testing.assert_allclose(float(metrics[0]), float(expected), rtol=1e-6)
+
+
 # --- fit ---------------------------------------------------------------------------------
 
 
@@ -127,6 +165,55 @@ def test_rows_labelled_ignore_index_have_no_influence(blobs):
     b = fit(SmallNet(rngs=nnx.Rngs(1)), x_other, y, **options)
     assert_same_params(a.model, b.model, rtol=0, atol=0)
     assert np.isfinite(a.history[-1]["loss"])
+
+
+def per_example_losses(logits, y):
+    """Plain NumPy cross-entropy of each row (float64)."""
+    z = np.asarray(logits, np.float64)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=-1))
+    return lse - np.take_along_axis(shifted, y[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("kind", ["smallnet", "weighted", "ensemble"])
+def test_epoch_loss_and_accuracy_are_means_over_the_epochs_examples(blobs, kind):
+    """10 rows in batches of 4 (the last holds 2 rows and 2 padding rows): the history's
+    loss and accuracy are the means over the 10 examples, not means of the 3 batch means.
+    The parameters are held fixed (optax.set_to_zero) so the truth is computable."""
+    x, y = blobs.x_train[:10], blobs.y_train[:10]
+    weight = np.array([0.3, 2.0, 1.0], np.float32) if kind == "weighted" else None
+    model = Ensemble(2, seed=4) if kind == "ensemble" else SmallNet(rngs=nnx.Rngs(4))
+    logits = np.asarray(model(x))  # (10, 3), or (2, 10, 3) for the ensemble
+    result = fit(
+        model,
+        x,
+        y,
+        epochs=2,
+        batch_size=4,
+        optimizer=optax.set_to_zero(),
+        weight=weight,
+        progress=False,
+    )
+    losses = per_example_losses(logits, np.broadcast_to(y, logits.shape[:-1]))
+    w = np.ones(3) if weight is None else weight.astype(np.float64)
+    expected_loss = np.mean(np.sum(losses * w[y], axis=-1) / np.sum(w[y]))
+    expected_accuracy = np.mean(np.mean(logits.argmax(axis=-1) == y, axis=-1))
+    for record in result.history:
+        assert record["loss"] == pytest.approx(expected_loss, rel=1e-6)
+        assert record["accuracy"] == pytest.approx(expected_accuracy, rel=1e-12)
+
+
+def test_fit_steps_with_zero_gradient_on_a_batch_without_weight(blobs):
+    """A batch whose rows all have class weight 0 has a 0/0 mean loss; it must not turn the
+    parameters into NaN, and the epoch loss is the mean over the rows that have weight."""
+    x, y = blobs.x_train[:8], np.array([0, 0, 0, 0, 1, 2, 1, 2], np.int32)
+    weight = np.array([0.0, 1.0, 1.0], np.float32)
+    model = SmallNet(rngs=nnx.Rngs(0))
+    # Batches of 4 in a seeded order: find a seed whose first batch is all class 0.
+    seed = next(s for s in range(500) if set(y[np.random.default_rng(s).permutation(8)[:4]]) == {0})
+    result = fit(model, x, y, epochs=1, batch_size=4, weight=weight, seed=seed, progress=False)
+    assert all(np.isfinite(v).all() for v in to_state_dict(model).values())
+    assert np.isfinite(result.history[0]["loss"])
 
 
 def test_fit_shows_a_progress_bar(blobs, capsys):
