@@ -459,12 +459,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _evaluate(args)
     except (ValueError, OSError, ImportError) as e:
-        print(f"jaxce {args.command}: error: {e}", file=sys.stderr)
+        print(f"jaxce {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("jaxce: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug or an exhausted machine: still one line
+        print(
+            f"jaxce {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(please report it)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -163,3 +163,20 @@ def test_console_script_is_installed():
         pytest.skip("jaxce is not installed as a console script in this environment")
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "{demo,train,evaluate}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("boom\nsecond line"), MemoryError(), TypeError("x")]
+)
+def test_unexpected_errors_are_still_one_line(monkeypatch, capsys, error):
+    from jaxce import cli
+
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_train", failing)
+    assert cli.main(["train", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"jaxce train: internal error: {type(error).__name__}"), err
+    assert "Traceback" not in err
