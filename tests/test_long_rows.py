@@ -98,7 +98,7 @@ def test_softmax_family_long_rows(c):
     np.testing.assert_allclose(jaxce.log_softmax(x), jax.nn.log_softmax(x), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(jaxce.softmax(x), jax.nn.softmax(x), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(
-        jaxce.logsumexp(x), jax.scipy.special.logsumexp(x, axis=-1), rtol=1e-6
+        jaxce.logsumexp(x, axis=-1), jax.scipy.special.logsumexp(x, axis=-1), rtol=1e-6
     )
     ct = jnp.asarray(rng.normal(size=(3, c)).astype(np.float32))
     g = jax.grad(lambda x: jnp.sum(jaxce.softmax(x) * ct))(x)
