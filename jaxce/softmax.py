@@ -1,12 +1,16 @@
 """Numerically stable ``logsumexp``, ``log_softmax`` and ``softmax``.
 
-Like :mod:`jax.nn`, with two guarantees that matter inside losses:
+Drop-ins for :mod:`jax.nn`'s: the same signatures, defaults, dtype promotion and
+semantics (``docs``: "Coming from jax.nn"), with three guarantees that matter inside
+losses:
 
 * half-precision inputs (float16, bfloat16) are computed in float32 and rounded
   once to the input dtype;
 * entries excluded by ``where`` never reach the arithmetic, so their gradient is
   exactly zero even when they hold ``-inf``, ``+inf`` or NaN, and a fully masked
-  row gives ``-inf`` / ``0`` with a zero gradient instead of NaN.
+  row gives ``-inf`` / ``0`` with a zero gradient instead of NaN;
+* the backward pass of ``softmax`` and ``log_softmax`` keeps one array of the
+  input's size, as jax.nn.softmax does.
 """
 
 from __future__ import annotations
@@ -352,7 +356,7 @@ def log_softmax(x, axis=-1, where=None):
       >>> jaxce.log_softmax(jnp.array([0.0, -jnp.inf, 1.0]))
       Array([-1.3132616 ,        -inf, -0.31326163], dtype=float32)
       >>> jaxce.log_softmax(jnp.array([0.0, 5.0, 1.0]), -1, jnp.array([True, False, True]))
-      Array([-1.3132616 ,        -inf, -0.31326166], dtype=float32)
+      Array([-1.3132616 ,        -inf, -0.31326163], dtype=float32)
     """
     x = _input("log_softmax", x, allow_bool=False)
     x, axes, shape = _axes("log_softmax", axis, x)
@@ -428,7 +432,7 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, where=Non
       >>> jaxce.logsumexp(jnp.array([1000.0, 1000.0]))
       Array(1000.6932, dtype=float32)
       >>> jaxce.logsumexp(jnp.array([[0.0, 1.0], [2.0, 3.0]]), axis=-1)
-      Array([1.3132616, 3.3132617], dtype=float32)
+      Array([1.3132616, 3.3132615], dtype=float32)
       >>> jaxce.logsumexp(jnp.array([1.0, 2.0]), b=jnp.array([1.0, -1.0]), return_sign=True)
       (Array(1.5413249, dtype=float32), Array(-1., dtype=float32))
     """
