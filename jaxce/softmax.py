@@ -149,13 +149,13 @@ def log_softmax_compute(x: jax.Array, axes: tuple[int, ...], where: jax.Array | 
 
 
 # The public functions take jax.nn's arguments. Real inputs go through the cores below:
-# custom JVPs whose only logits-sized residual is the output (``softmax``) or its
-# exponential (``log_softmax``), as in jax.nn.softmax; half precision is computed in
-# float32 and rounded once. Complex inputs, which jaxce has no reason to compute
-# differently, go to jax.nn itself.
+# custom JVPs whose only logits-sized residual is ``exp(x - m)`` (``softmax``) or the
+# exponential of the output (``log_softmax``), as jax.nn.softmax keeps one; half
+# precision is computed in float32 and rounded once. Complex inputs, which jaxce has no
+# reason to compute differently, go to jax.nn itself.
 #
 # With ``where``, the tangent of a masked input and of a masked output is replaced by
-# that residual, which is exactly 0 there: an exact zero that is no new array (a zero
+# that residual, which is exactly 0 there (exp(-inf)): an exact zero that is no new array (a zero
 # array made in a JVP rule would be saved as one more residual), and whose transpose
 # drops the cotangent of a masked output even when it is inf or NaN (e.g. the
 # cotangent of log(softmax) where softmax is 0). Dropping it is jax.nn's convention;
@@ -175,10 +175,18 @@ def _softmax_core(x, where, axes):
 
 @_softmax_core.defjvp
 def _softmax_core_jvp(axes, primals, tangents):
+    # In terms of e = exp(x - m) and s = Σe rather than of the output: the residual is
+    # still one logits-sized array (e), and when the forward and backward passes are
+    # compiled together XLA then recomputes e where it is read instead of storing it
+    # (a jit of value_and_grad at 1024x1000 float32: no logits-sized temporary, against
+    # one with the output as the residual).
     x, where = primals
-    y = _softmax_core(x, where, axes)
-    dx = _select(where, tangents[0].astype(y.dtype), y)
-    return y, _select(where, y * (dx - jnp.sum(y * dx, axis=axes, keepdims=True)), y)
+    shifted, s, _ = shifted_and_sumexp(x, axes, where, dtype=_checks.compute_dtype(x.dtype))
+    e, s = jnp.exp(shifted), jnp.expand_dims(s, axes)
+    y = _select(where, e / s, jnp.zeros_like(e))
+    dx = _select(where, tangents[0].astype(e.dtype), e)
+    de = e * dx
+    return y, _select(where, de / s - e * (jnp.sum(de, axis=axes, keepdims=True) / (s * s)), e)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
