@@ -72,6 +72,16 @@ def test_positional_where_as_optax_passes_it():
         jaxce.logsumexp(x, 1, None, True, False, m),
         jax.nn.logsumexp(x, 1, None, True, False, m),
     )
+    # a mask (and b) of fewer dimensions broadcasts to x's shape
+    row, b = m[:1], jnp.asarray([[1.0, 0.0, -2.0, 0.5, 3.0]])
+    for name in SOFTMAXES:
+        assert_same(FNS[name][0](x, -1, row), FNS[name][1](x, -1, row), what=name)
+    for u, v in zip(
+        jaxce.logsumexp(x, -1, b, False, True, row),
+        jax.nn.logsumexp(x, -1, b, False, True, row),
+        strict=True,
+    ):
+        assert_same(u, v)
 
 
 def test_logsumexp_reduces_all_axes_by_default():
