@@ -286,9 +286,7 @@ LOSS_CASES = {
         CE, (X, f32(4, 3)), {"ignore_index": 2}, ValueError, ("cross_entropy", "`ignore_index`=2")
     ),
     # --- softmax family -----------------------------------------------------------
-    "log_softmax-int": Case(
-        jaxce.log_softmax, (i32(3),), {}, TypeError, ("log_softmax", "`x`", "int32")
-    ),
+    # (integer logits are promoted to float, as in jax.nn: tests/test_jaxnn_contract.py)
     "log_softmax-bool": Case(
         jaxce.log_softmax, (np.zeros(3, bool),), {}, TypeError, ("log_softmax", "`x`", "bool")
     ),
@@ -298,7 +296,9 @@ LOSS_CASES = {
     "log_softmax-0d-axis": Case(
         jaxce.log_softmax, (f32(),), {"axis": 1}, ValueError, ("log_softmax", "`axis`=1", "0-d")
     ),
-    "softmax-int": Case(jaxce.softmax, (i32(3),), {}, TypeError, ("softmax", "`x`", "int32")),
+    "softmax-bool": Case(
+        jaxce.softmax, (np.zeros(3, bool),), {}, TypeError, ("softmax", "`x`", "bool")
+    ),
     "softmax-axis": Case(
         jaxce.softmax, (X,), {"axis": -3}, ValueError, ("softmax", "`axis`=-3", "(4, 3)")
     ),
@@ -308,7 +308,12 @@ LOSS_CASES = {
     "softmax-axis-str": Case(
         jaxce.softmax, (X,), {"axis": "1"}, TypeError, ("softmax", "`axis`", "'1'")
     ),
-    "logsumexp-int": Case(jaxce.logsumexp, (i32(3),), {}, TypeError, ("logsumexp", "`x`", "int32")),
+    "logsumexp-return-sign-int": Case(
+        jaxce.logsumexp, (X,), {"return_sign": 1}, TypeError, ("logsumexp", "`return_sign`", "1")
+    ),
+    "logsumexp-keepdims-none": Case(
+        jaxce.logsumexp, (X,), {"keepdims": None}, TypeError, ("logsumexp", "`keepdims`", "None")
+    ),
     "logsumexp-axis": Case(
         jaxce.logsumexp, (X,), {"axis": (0, 2)}, ValueError, ("logsumexp", "`axis`=2", "(4, 3)")
     ),
@@ -332,6 +337,28 @@ LOSS_CASES = {
         {},
         ValueError,
         ("log_softmax", "`where`", "(5,)"),
+    ),
+    # issue 10: `where` must broadcast to the input's shape, never the other way round
+    "log_softmax-0d-where": Case(
+        jaxce.log_softmax,
+        (f32(), np.ones(3, bool)),
+        {},
+        ValueError,
+        ("log_softmax", "`where`", "(3,)", "`x` shape ()"),
+    ),
+    "softmax-where-bigger": Case(
+        jaxce.softmax,
+        (X, np.ones((2, 4, 3), bool)),
+        {},
+        ValueError,
+        ("softmax", "`where`", "(2, 4, 3)", "`x` shape (4, 3)"),
+    ),
+    "logsumexp-0d-where": Case(
+        jaxce.logsumexp,
+        (f32(), np.ones(3, bool)),
+        {},
+        ValueError,
+        ("logsumexp", "`where`", "(3,)", "`a` shape ()"),
     ),
     "softmax-where-float": Case(
         jaxce.softmax, (X, f32(4, 3)), {}, TypeError, ("softmax", "`where`", "float32")
@@ -398,11 +425,26 @@ NON_ARRAY_CASES = {
         TypeError,
         ("log_softmax", "`x`", "list"),
     ),
-    "softmax-float": (lambda: jaxce.softmax(1.0), TypeError, ("softmax", "`x`", "float")),
+    "softmax-str": (lambda: jaxce.softmax("1.0"), TypeError, ("softmax", "`x`", "str")),
+    "log_softmax-object-dtype": (
+        lambda: jaxce.log_softmax(np.array([1.0, None], dtype=object)),
+        TypeError,
+        ("log_softmax", "`x`", "object"),
+    ),
     "logsumexp-list": (
         lambda: jaxce.logsumexp([1.0, 2.0]),
         TypeError,
-        ("logsumexp", "`x`", "list"),
+        ("logsumexp", "`a`", "list"),
+    ),
+    "logsumexp-b-shape": (
+        lambda: jaxce.logsumexp(X, b=np.ones((2, 4, 3), np.float32)),
+        ValueError,
+        ("logsumexp", "`b`", "(2, 4, 3)", "`a` shape (4, 3)"),
+    ),
+    "logsumexp-b-list": (
+        lambda: jaxce.logsumexp(X, b=[1.0, 2.0, 3.0]),
+        TypeError,
+        ("logsumexp", "`b`", "list"),
     ),
 }
 

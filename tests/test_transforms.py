@@ -74,7 +74,7 @@ def _check_grads_cases():
                 jaxce.log_softmax(x),
                 jnp.where(m, jaxce.log_softmax(x, where=m), 0.0),
                 jaxce.softmax(x, axis=0, where=m),
-                jaxce.logsumexp(x, where=m),
+                jaxce.logsumexp(x, -1, where=m),
                 jaxce.logsumexp(x, axis=(0, 1)),
             ),
             (x,),
@@ -162,7 +162,7 @@ def _all_outputs(x):
         NLL(x, t, weight=w),
         jaxce.log_softmax(x, where=m),
         jaxce.softmax(x, axis=0),
-        jaxce.logsumexp(x, where=m),
+        jaxce.logsumexp(x, -1, where=m),
     )
 
 
@@ -226,7 +226,7 @@ def test_where_masked_nonfinite_entries_have_zero_gradient():
             return _cat(
                 jnp.where(m, jaxce.log_softmax(x, where=m), 0.0),
                 jaxce.softmax(x, where=m),
-                jaxce.logsumexp(x, where=m),
+                jaxce.logsumexp(x, -1, where=m),
             )
 
         return jax.jacrev(f)(x), jax.jacfwd(f)(x)
@@ -345,7 +345,7 @@ def test_vmap_softmax_family_with_where():
 
     @jax.jit
     def both(x, m):
-        fns = (jaxce.log_softmax, jaxce.softmax, jaxce.logsumexp)
+        fns = (jaxce.log_softmax, jaxce.softmax, functools.partial(jaxce.logsumexp, axis=-1))
         vmapped = [jax.vmap(lambda xi, mi, fn=fn: fn(xi, where=mi))(x, m) for fn in fns]
         return vmapped, [fn(x, where=m) for fn in fns]
 
@@ -516,7 +516,7 @@ def test_half_precision_values_and_gradients_keep_dtype(dtype):
             "nll": NLL(x, t, weight=w, reduction="sum"),
             "log_softmax": jaxce.log_softmax(x),
             "softmax": jaxce.softmax(x),
-            "logsumexp": jaxce.logsumexp(x),
+            "logsumexp": jaxce.logsumexp(x, -1),
         }
 
     def total(x):
