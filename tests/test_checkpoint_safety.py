@@ -345,9 +345,11 @@ def test_an_interrupt_right_after_the_commit_keeps_the_new_checkpoint(saved, tmp
     path = copy_of(saved, tmp_path)
     real = os.replace
 
-    def replace_then_interrupt(src, dst):
-        real(src, dst)
-        raise KeyboardInterrupt
+    def replace_then_interrupt(src, dst, **kwargs):
+        real(src, dst, **kwargs)
+        # os.replace is patched for the whole process: interrupt only this save's commit.
+        if pathlib.Path(dst).resolve().parent == path.resolve():
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(ck.os, "replace", replace_then_interrupt)
     new = SmallNet(*SIZES, rngs=nnx.Rngs(4))
