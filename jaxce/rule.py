@@ -200,3 +200,47 @@ def smooth_probabilities(probs, eps, num_classes: int):
     if isinstance(eps, (int, float)):
         return probs * (1 - eps) + eps / num_classes if eps > 0 else probs
     return jnp.where(eps > 0, probs * (1 - eps) + eps / num_classes, probs)
+
+
+def _pow2(q, dtype):
+    """``2**q`` built from its bits, exact for integer ``q`` in the normal range of ``dtype``."""
+    info = jnp.finfo(dtype)
+    itype = jnp.int64 if info.bits == 64 else jnp.int32
+    biased = (q + (info.maxexp - 1)).astype(itype)
+    return jax.lax.bitcast_convert_type(biased << info.nmant, dtype)
+
+
+def weights_for_mean(w: jax.Array) -> jax.Array:
+    """Class weights times the power of two that brings the largest to ``[1, 2)``.
+
+    ``mean`` is a ratio of sums linear in the weights, so any common factor cancels, and a
+    power of two changes no rounding: for ordinary weights the result is bit for bit the
+    same. It keeps ``Σ w_t`` and ``Σ w_t·ℓ`` from overflowing (weights of ``1e37``: torch's
+    gradient, not 0) and brings subnormal weights (``1e-39``, which XLA on CPU flushes to
+    zero, giving 0/0) into the normal range. The scaling is read from the bits, without
+    arithmetic on the subnormals; the weights' own tangent is scaled by the same factor, so
+    the loss stays differentiable with respect to them.
+    """
+    info = jnp.finfo(w.dtype)
+    itype = jnp.int64 if info.bits == 64 else jnp.int32
+    bias, nmant = info.maxexp - 1, info.nmant
+    bits = jax.lax.bitcast_convert_type(lax_abs(w), itype)
+    field = bits >> nmant
+    finite = field < 2 * bias + 1
+    mant = bits & ((1 << nmant) - 1)
+    significand = jnp.where(field == 0, mant, mant | (1 << nmant)).astype(w.dtype)
+    exponent = jnp.maximum(field, 1)
+    top = jnp.max(jnp.where(finite & (bits != 0), exponent, 0), initial=0)
+    top = jax.lax.stop_gradient(jnp.where(top == 0, bias, top))
+    # |w|·2**(bias - top) = significand·2**(exponent - top - nmant), in two normal factors.
+    p = jnp.maximum(exponent - top - nmant, -2 * (bias - 1))
+    p1 = jnp.maximum(p, -(bias - 1))
+    scaled = significand * _pow2(p1, w.dtype) * _pow2(p - p1, w.dtype)
+    scaled = jnp.where(finite, jnp.where(w < 0, -scaled, scaled), w)
+    k = bias - top
+    factor = _pow2(k // 2, w.dtype) * _pow2(k - k // 2, w.dtype)
+    return jax.lax.stop_gradient(scaled) + (w - jax.lax.stop_gradient(w)) * factor
+
+
+def lax_abs(w):
+    return jnp.abs(w)
