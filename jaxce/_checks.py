@@ -17,8 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
-# NumPy dtype kinds JAX cannot hold: object, str, bytes, void (records), datetimes.
-_NOT_NUMERIC = frozenset("OUSVMm")
+# NumPy dtype kinds JAX cannot hold: object, str, bytes, datetimes, and void (records),
+# except ml_dtypes' (bfloat16, float8 ...), whose kind is also "V".
+_NOT_NUMERIC = frozenset("OUSMmV")
+
+
+def _not_numeric(dtype: Any) -> bool:
+    dtype = np.dtype(dtype)
+    if dtype.kind != "V":
+        return dtype.kind in _NOT_NUMERIC
+    return not jnp.issubdtype(dtype, jnp.number)
 
 
 def _is_array(x: Any) -> bool:
@@ -60,7 +68,7 @@ def as_array(fn: str, name: str, x: Any, *, floating: bool = False) -> jax.Array
         raise TypeError(
             f"{fn}: `{name}` must be a JAX or NumPy array, got {type(x).__name__} {x!r:.80}"
         )
-    if np.dtype(x.dtype).kind in _NOT_NUMERIC:
+    if _not_numeric(x.dtype):
         raise TypeError(
             f"{fn}: `{name}` must hold numbers, got a NumPy array of dtype "
             f"{np.dtype(x.dtype).name} (shape {tuple(np.shape(x))}); JAX has no such dtype"
