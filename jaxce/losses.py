@@ -105,10 +105,20 @@ def _stats(x, axis, cdt, mask=None):
     Computed in ``x``'s compute dtype (float32 for half precision; ``x`` is passed
     unconverted, so that no converted copy of it is stored), then cast to ``cdt``;
     ``m`` stays in the compute dtype. Entries outside ``mask`` (None: none) are left
-    out: ``shifted`` is ``-inf`` there.
+    out: ``shifted`` is ``-inf`` there. The mask is applied inside each reduction
+    (not to a masked copy of ``x``, which XLA would store for the two of them).
     """
     xdt = _checks.compute_dtype(x.dtype)
-    shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), mask, dtype=xdt)
+    if mask is None:
+        shifted, s, m = softmax.shifted_and_sumexp(x, (axis,), None, dtype=xdt)
+    else:
+        m = jnp.max(jnp.where(mask, x, jnp.array(-jnp.inf, x.dtype)), axis=axis).astype(xdt)
+        # A row with nothing in it: shifted by 0, not by -inf (which would give NaN).
+        m = lax.stop_gradient(jnp.where(m == -jnp.inf, jnp.zeros((), xdt), m))
+        shifted = jnp.where(
+            mask, x.astype(xdt) - jnp.expand_dims(m, axis), jnp.array(-jnp.inf, xdt)
+        )
+        s = jnp.sum(jnp.exp(shifted), axis=axis)
     log_s = jnp.log(s)
     lse = (m + log_s).astype(cdt)
     return shifted.astype(cdt), log_s.astype(cdt), m, lse
@@ -345,10 +355,15 @@ def _target_masks(target, num_classes, ignore_index, positions, classes, axis, f
 
 
 def _softcap(x, softcap: float):
-    """``s·tanh(x / s)``, or ``x`` itself where ``|x / s|`` is below ``sqrt(eps)`` (they
-    agree to the last bit there): a large ``s`` would otherwise flush ``x / s`` to 0."""
+    """``s·tanh(x / s)``. For a huge ``s`` (static), ``x`` itself where ``|x / s|`` is below
+    ``sqrt(eps)`` (they agree to the last bit there): ``x / s`` would be flushed to 0 for
+    every ``|x| < s·tiny`` (``s=1e38``: every logit below 1.2). Up to ``2**40`` that
+    error is below ``2**-86`` and the plain form is kept (one logits-sized temporary less
+    in the gradient)."""
     x = x.astype(_checks.compute_dtype(x.dtype))
     y = x / softcap
+    if softcap <= 2.0**40:
+        return softcap * jnp.tanh(y)
     small = jnp.abs(y) < float(np.sqrt(np.finfo(x.dtype).eps))
     return jnp.where(small, x, softcap * jnp.tanh(y))
 
@@ -695,8 +710,6 @@ def cross_entropy(
     axes = _checks.class_axes(fn, axis, len(shape), shape)
     positions, classes = _checks.check_where(fn, where, shape, axes, axis)
     flat, ax = _flat_struct(jax.ShapeDtypeStruct(shape, logits.dtype), axes)
-    if len(axes) == 1:
-        flat = logits
     weight = _checks.check_weight(fn, weight, flat.shape[ax])
     if probabilities:
         if ignore_index >= 0:
