@@ -215,32 +215,31 @@ def weights_for_mean(w: jax.Array) -> jax.Array:
 
     ``mean`` is a ratio of sums linear in the weights, so any common factor cancels, and a
     power of two changes no rounding: for ordinary weights the result is bit for bit the
-    same. It keeps ``Σ w_t`` and ``Σ w_t·ℓ`` from overflowing (weights of ``1e37``: torch's
-    gradient, not 0) and brings subnormal weights (``1e-39``, which XLA on CPU flushes to
-    zero, giving 0/0) into the normal range. The scaling is read from the bits, without
-    arithmetic on the subnormals; the weights' own tangent is scaled by the same factor, so
-    the loss stays differentiable with respect to them.
+    same. It keeps ``Σ w_t`` and ``Σ w_t·ℓ`` from overflowing (weights of ``1e38``: the
+    exact answer where torch's float32 sums give inf/inf) and from underflowing (``1e37``:
+    torch's gradient, not ``1/Σw = 0``), and brings subnormal weights (``1e-39``, which XLA
+    on CPU flushes to zero, giving 0/0) into the normal range: those are rebuilt from
+    their bits, without arithmetic on the subnormals. The weights' own tangent is scaled
+    by the same factor, so the loss stays differentiable with respect to them. One
+    fused elementwise pass over ``w`` and a reduction to a scalar.
     """
     info = jnp.finfo(w.dtype)
     itype = jnp.int64 if info.bits == 64 else jnp.int32
     bias, nmant = info.maxexp - 1, info.nmant
-    bits = jax.lax.bitcast_convert_type(lax_abs(w), itype)
+    bits = jax.lax.bitcast_convert_type(w, itype) & ((1 << (info.bits - 1)) - 1)  # |w|
     field = bits >> nmant
-    finite = field < 2 * bias + 1
-    mant = bits & ((1 << nmant) - 1)
-    significand = jnp.where(field == 0, mant, mant | (1 << nmant)).astype(w.dtype)
-    exponent = jnp.maximum(field, 1)
-    top = jnp.max(jnp.where(finite & (bits != 0), exponent, 0), initial=0)
+    usable = (field < 2 * bias + 1) & (bits != 0)  # finite and non-zero
+    top = jnp.max(jnp.where(usable, jnp.maximum(field, 1), 0), initial=0)
     top = jax.lax.stop_gradient(jnp.where(top == 0, bias, top))
-    # |w|·2**(bias - top) = significand·2**(exponent - top - nmant), in two normal factors.
-    p = jnp.maximum(exponent - top - nmant, -2 * (bias - 1))
-    p1 = jnp.maximum(p, -(bias - 1))
-    scaled = significand * _pow2(p1, w.dtype) * _pow2(p - p1, w.dtype)
-    scaled = jnp.where(finite, jnp.where(w < 0, -scaled, scaled), w)
-    k = bias - top
-    factor = _pow2(k // 2, w.dtype) * _pow2(k - k // 2, w.dtype)
-    return jax.lax.stop_gradient(scaled) + (w - jax.lax.stop_gradient(w)) * factor
-
-
-def lax_abs(w):
-    return jnp.abs(w)
+    k = bias - top  # w·2**k has its largest finite |w| in [1, 2)
+    f1, f2 = _pow2(k // 2, w.dtype), _pow2(k - k // 2, w.dtype)
+    normal = w * f1 * f2
+    # A subnormal w is mant·2**(1 - bias - nmant); scaled: mant·2**(1 - nmant - top), or 0
+    # where even that is below the normal range (a weight 2**-126 below the largest).
+    e_sub = 1 - nmant - top
+    mant = (bits & ((1 << nmant) - 1)).astype(w.dtype)
+    sub = mant * _pow2(jnp.maximum(e_sub, 1 - bias), w.dtype)
+    sub = jnp.where((e_sub < 1 - bias) | (bits == 0), jnp.zeros((), w.dtype), sub)
+    sub = jnp.where(bits != jax.lax.bitcast_convert_type(w, itype), -sub, sub)  # sign bit
+    sub = jax.lax.stop_gradient(sub) + (w - jax.lax.stop_gradient(w)) * f1 * f2
+    return jnp.where(field == 0, sub, normal)
