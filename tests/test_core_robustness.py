@@ -181,20 +181,14 @@ def cases() -> list[Case]:
     w_sub = np.array([1e-39, 3e-39, 2e-39], np.float32)
     for kw, ref in [
         (dict(softcap=1e38), ref_ce(softcap=1e38)),
-        (dict(softcap=1e30), ref_ce(softcap=1e30)),
         (dict(softcap=1e-30), ref_ce(softcap=1e-30)),
-        (dict(softcap=2.0), ref_ce(softcap=2.0)),
         (dict(z_loss=1e30), ref_ce(z=1e30)),
-        (dict(z_loss=1e-30), ref_ce(z=1e-30)),
         (dict(label_smoothing=1e-40), ref_ce(eps=1e-40)),
-        (dict(label_smoothing=1.0), ref_ce(eps=1.0)),
         (dict(weight=jnp.asarray(w37)), ref_ce(weight=w37)),
         (dict(weight=jnp.asarray(w_big)), ref_ce(weight=w_big)),
         (dict(weight=jnp.asarray(w_sub)), ref_ce(weight=w_sub)),
         (dict(weight=jnp.asarray(w37), label_smoothing=0.1, z_loss=1e-3),
          ref_ce(weight=w37, eps=0.1, z=1e-3)),
-        (dict(weight=jnp.asarray(w_sub), label_smoothing=0.1),
-         ref_ce(weight=w_sub, eps=0.1)),
     ]:
         label = ",".join(f"{k}={'w' if k == 'weight' else v}" for k, v in kw.items())
         out.append(Case(f"{ce_name}/{label}", ce, kw=kw, reference=ref))

@@ -115,18 +115,22 @@ def assert_same(pair):
 
 # --- integer labels ------------------------------------------------------------------
 
-INT_LAYOUTS = [
-    ((5, 4), -1),
-    ((4, 5), 0),
-    ((2, 3, 4), 1),
-    ((2, 3, 4, 5), (3, 2)),
-    ((2, 3, 4, 5), (0, 2)),
-    ((3, 4, 2), (-1, 1)),
+INT_CASES = [  # (shape, axis, mask)
+    ((5, 4), -1, None),
+    ((5, 4), -1, "positions"),
+    ((5, 4), -1, "logits"),
+    ((5, 4), -1, "classes-only"),
+    ((4, 5), 0, "logits"),
+    ((2, 3, 4), 1, "positions"),
+    ((2, 3, 4), 1, "classes-only"),
+    ((2, 3, 4, 5), (3, 2), None),
+    ((2, 3, 4, 5), (3, 2), "logits"),
+    ((2, 3, 4, 5), (0, 2), "positions"),
+    ((3, 4, 2), (-1, 1), "logits"),
 ]
 
 
-@pytest.mark.parametrize(("shape", "axis"), INT_LAYOUTS)
-@pytest.mark.parametrize("mask", [None, "positions", "logits", "classes-only"])
+@pytest.mark.parametrize(("shape", "axis", "mask"), INT_CASES)
 def test_integer_labels_match_optax(shape, axis, mask):
     rng = np.random.default_rng(len(shape) * 7 + (axis if isinstance(axis, int) else 3))
     axes = tuple(a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,)))
@@ -182,19 +186,20 @@ def test_integer_labels_jit_and_vmap_match_optax():
 
 # --- probability targets ---------------------------------------------------------------
 
-PROB_CASES = [
-    ((5, 4), (4,), -1),  # one distribution for every row
-    ((5, 4), (5, 1), -1),
-    ((4,), (3, 4), -1),  # the target broadcasts the logits
-    ((2, 3, 4), (2, 3, 4), 1),
-    ((2, 3, 4, 5), (4, 5), (2, 3)),
-    ((2, 3, 4, 5), (2, 3, 4, 5), (3, 1)),
-    ((2, 3, 4), (3, 4), None),
+PROB_CASES = [  # (logits shape, target shape, axis, mask)
+    ((5, 4), (4,), -1, None),  # one distribution for every row
+    ((5, 4), (5, 1), -1, "positions"),
+    ((5, 4), (4,), -1, "logits"),
+    ((4,), (3, 4), -1, None),  # the target broadcasts the logits
+    ((2, 3, 4), (2, 3, 4), 1, "logits"),
+    ((2, 3, 4, 5), (4, 5), (2, 3), "positions"),
+    ((2, 3, 4, 5), (2, 3, 4, 5), (3, 1), "logits"),
+    ((2, 3, 4), (3, 4), None, None),
+    ((3, 4), (3, 4), None, "logits"),
 ]
 
 
-@pytest.mark.parametrize(("lshape", "tshape", "axis"), PROB_CASES)
-@pytest.mark.parametrize("mask", [None, "positions", "logits"])
+@pytest.mark.parametrize(("lshape", "tshape", "axis", "mask"), PROB_CASES)
 def test_probability_targets_match_optax(lshape, tshape, axis, mask):
     rng = np.random.default_rng(len(lshape) + len(tshape))
     x = draw(3, lshape)
@@ -246,7 +251,7 @@ def test_empty_arrays_match_optax():
     assert np.isnan(float(jaxce.cross_entropy(draw(5, (2, 3)), jnp.array([0, 1]), where=masked)))
 
 
-@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf, 3e38])
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
 def test_fully_masked_rows_give_zero_with_zero_finite_gradient(fill):
     """What is left out never reaches the arithmetic: NaN or inf there changes nothing,
     in the value or the gradient (optax agrees where its own gradient is finite)."""
@@ -457,7 +462,7 @@ def test_criteria_take_tuple_axes_and_where():
     mask=st.sampled_from([None, "positions", "logits"]),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=10)
+@settings(max_examples=6)
 def test_hypothesis_integer_labels_match_optax(n, c, extra, tuple_axes, mask, seed):
     rng = np.random.default_rng(seed)
     shape = (n, extra, c)
