@@ -410,6 +410,16 @@ def cross_entropy(
       >>> jaxce.cross_entropy(logits, jnp.array([0, -100]), reduction="none")
       Array([0.47461075, 0.        ], dtype=float32)
 
+      optax's ``where``: a mask of the positions' shape (a left-out position counts as
+      an ignored one) or of the logits' shape (left-out logits are not in the softmax):
+
+      >>> jaxce.cross_entropy(logits, jnp.array([0, 1]), where=jnp.array([True, False]),
+      ...                     reduction="none")
+      Array([0.47461075, 0.        ], dtype=float32)
+      >>> vocab = jnp.array([[True, True, False]])  # the last class never takes part
+      >>> jaxce.cross_entropy(logits, jnp.array([0, 1]), where=vocab, reduction="none")
+      Array([0.40318602, 0.20141333], dtype=float32)
+
     References:
       https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html
       Szegedy et al., "Rethinking the Inception Architecture" (label smoothing), 2016.
