@@ -17,14 +17,27 @@ import jax.numpy as jnp
 import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
+# NumPy dtype kinds JAX cannot hold: object, str, bytes, datetimes, and void (records),
+# except ml_dtypes' (bfloat16, float8 ...), whose kind is also "V".
+_NOT_NUMERIC = frozenset("OUSMmV")
+
+
+def _not_numeric(dtype: Any) -> bool:
+    dtype = np.dtype(dtype)
+    if dtype.kind != "V":
+        return dtype.kind in _NOT_NUMERIC
+    return not jnp.issubdtype(dtype, jnp.number)
 
 
 def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
+
+
+_dtype_name = dtype_name
 
 
 def promote_float_dtypes(*dtypes: Any) -> np.dtype:
@@ -54,6 +67,11 @@ def as_array(fn: str, name: str, x: Any, *, floating: bool = False) -> jax.Array
     if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
         raise TypeError(
             f"{fn}: `{name}` must be a JAX or NumPy array, got {type(x).__name__} {x!r:.80}"
+        )
+    if _not_numeric(x.dtype):
+        raise TypeError(
+            f"{fn}: `{name}` must hold numbers, got a NumPy array of dtype "
+            f"{np.dtype(x.dtype).name} (shape {tuple(np.shape(x))}); JAX has no such dtype"
         )
     if floating:
         check_floating(fn, name, x)
@@ -230,3 +248,77 @@ def check_class_target(
         f"{fn}: `target` shape {tshape} does not match `{logits_name}` shape {shape} with "
         f"class axis {axis}: expected target shape {expected}; {hint}"
     )
+
+
+def class_axes(fn: str, axis: Any, ndim: int, shape: tuple) -> tuple[int, ...]:
+    """The class axes of a loss, non-negative, in the order given: an int, a non-empty
+    tuple of distinct ints (classes spread over several axes, flattened in that order,
+    as optax does), or None (every axis)."""
+    if axis is None:
+        if ndim == 0:
+            normalize_axis(fn, -1, ndim, shape)  # raises: no class axis
+        return tuple(range(ndim))
+    if isinstance(axis, tuple):
+        if not axis:
+            raise ValueError(f"{fn}: `axis`=() names no class axis (input shape {shape})")
+        return normalize_axes(fn, axis, ndim, shape)
+    if isinstance(axis, list):
+        raise TypeError(f"{fn}: `axis` must be an int, a tuple of ints or None, got list {axis!r}")
+    return (normalize_axis(fn, axis, ndim, shape),)
+
+
+def representable(fn: str, name: str, value: float, dtype: Any) -> float:
+    """``value`` (a non-negative Python float), refused if it is above the largest finite
+    value of ``dtype`` (it would become inf) or a non-zero value below its smallest normal
+    one (XLA flushes subnormals to zero on CPU)."""
+    info = np.finfo(dtype)
+    if value > float(info.max) or 0 < value < float(info.tiny):
+        raise ValueError(
+            f"{fn}: `{name}`={value!r} is not representable in {np.dtype(dtype).name}, the dtype "
+            f"it is computed in: expected 0 or a value in [{float(info.tiny):.4g}, "
+            f"{float(info.max):.4g}]"
+        )
+    return value
+
+
+def check_where(fn: str, where: Any, shape: tuple, axes: tuple[int, ...], axis: Any = None):
+    """optax's ``where``: a boolean mask of what takes part, of the positions' shape (the
+    input's shape without ``axes``) or of the input's own shape, broadcastable to it.
+
+    As optax does, a mask whose ndim differs from the input's gets the class axes
+    inserted (``jnp.expand_dims(where, axis)``, ``axis`` as the caller gave it). Returns
+    ``(positions, classes)``: a mask of the positions' shape (the class axes were all of
+    size 1) or None, and a mask of the input's shape or None.
+    """
+    if where is None:
+        return None, None
+    where = as_array(fn, "where", where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(
+            f"{fn}: `where` must be a boolean mask, got dtype {_dtype_name(where.dtype)} "
+            f"with shape {tuple(where.shape)}"
+        )
+    given = tuple(where.shape)
+    positions = reduced_shape_axes(shape, axes)
+    problem = (
+        f"{fn}: `where` shape {given} broadcasts neither to the positions' shape {positions} "
+        f"nor to the input's shape {shape} (class axes {axes})"
+    )
+    if where.ndim != len(shape):
+        try:
+            where = jnp.expand_dims(where, axes if axis is None else axis)
+        except ValueError:
+            raise ValueError(problem) from None
+    try:
+        if jnp.broadcast_shapes(tuple(where.shape), shape) != shape:
+            raise ValueError(problem)
+    except ValueError:
+        raise ValueError(problem) from None
+    where = where.reshape((1,) * (len(shape) - where.ndim) + tuple(where.shape))
+    if all(where.shape[a] == 1 for a in axes):
+        return jnp.broadcast_to(jnp.squeeze(where, axes), positions), None
+    return None, jnp.broadcast_to(where, shape)
+
+
+def reduced_shape_axes(shape: tuple, axes: tuple[int, ...]) -> tuple:
+    return tuple(d for i, d in enumerate(shape) if i not in axes)

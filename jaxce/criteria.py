@@ -45,8 +45,14 @@ class _Criterion:
         options["weight"] = _frozen_weight(self._name, options["weight"])
         fn = self._name
         axis = options["axis"]
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise TypeError(f"{fn}: `axis` must be an int, got {type(axis).__name__} {axis!r}")
+        parts = axis if isinstance(axis, tuple) else (axis,)
+        if axis is not None and (
+            not parts or any(isinstance(a, bool) or not isinstance(a, int) for a in parts)
+        ):
+            raise TypeError(
+                f"{fn}: `axis` must be an int, a non-empty tuple of ints or None, got "
+                f"{type(axis).__name__} {axis!r}"
+            )
         _checks.check_ignore_index(fn, options["ignore_index"])
         _checks.check_reduction(fn, options["reduction"])
         if "label_smoothing" in options:
@@ -111,8 +117,8 @@ class NLLLoss(_Criterion):
     def __init__(self, *, axis=-1, weight=None, ignore_index=-100, reduction="mean"):
         super().__init__(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction)
 
-    def __call__(self, log_probs, target):
-        return nll_loss(log_probs, target, **self._options)
+    def __call__(self, log_probs, target, *, where=None):
+        return nll_loss(log_probs, target, where=where, **self._options)
 
 
 class CrossEntropyLoss(_Criterion):
@@ -152,5 +158,5 @@ class CrossEntropyLoss(_Criterion):
             softcap=softcap,
         )
 
-    def __call__(self, logits, target):
-        return cross_entropy(logits, target, **self._options)
+    def __call__(self, logits, target, *, where=None):
+        return cross_entropy(logits, target, where=where, **self._options)

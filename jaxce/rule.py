@@ -200,3 +200,46 @@ def smooth_probabilities(probs, eps, num_classes: int):
     if isinstance(eps, (int, float)):
         return probs * (1 - eps) + eps / num_classes if eps > 0 else probs
     return jnp.where(eps > 0, probs * (1 - eps) + eps / num_classes, probs)
+
+
+def _pow2(q, dtype):
+    """``2**q`` built from its bits, exact for integer ``q`` in the normal range of ``dtype``."""
+    info = jnp.finfo(dtype)
+    itype = jnp.int64 if info.bits == 64 else jnp.int32
+    biased = (q + (info.maxexp - 1)).astype(itype)
+    return jax.lax.bitcast_convert_type(biased << info.nmant, dtype)
+
+
+def weights_for_mean(w: jax.Array) -> jax.Array:
+    """Class weights times the power of two that brings the largest to ``[1, 2)``.
+
+    ``mean`` is a ratio of sums linear in the weights, so any common factor cancels, and a
+    power of two changes no rounding: for ordinary weights the result is bit for bit the
+    same. It keeps ``Σ w_t`` and ``Σ w_t·ℓ`` from overflowing (weights of ``1e38``: the
+    exact answer where torch's float32 sums give inf/inf) and from underflowing (``1e37``:
+    torch's gradient, not ``1/Σw = 0``), and brings subnormal weights (``1e-39``, which XLA
+    on CPU flushes to zero, giving 0/0) into the normal range: those are rebuilt from
+    their bits, without arithmetic on the subnormals. The weights' own tangent is scaled
+    by the same factor, so the loss stays differentiable with respect to them. One
+    fused elementwise pass over ``w`` and a reduction to a scalar.
+    """
+    info = jnp.finfo(w.dtype)
+    itype = jnp.int64 if info.bits == 64 else jnp.int32
+    bias, nmant = info.maxexp - 1, info.nmant
+    bits = jax.lax.bitcast_convert_type(w, itype) & ((1 << (info.bits - 1)) - 1)  # |w|
+    field = bits >> nmant
+    usable = (field < 2 * bias + 1) & (bits != 0)  # finite and non-zero
+    top = jnp.max(jnp.where(usable, jnp.maximum(field, 1), 0), initial=0)
+    top = jax.lax.stop_gradient(jnp.where(top == 0, bias, top))
+    k = bias - top  # w·2**k has its largest finite |w| in [1, 2)
+    f1, f2 = _pow2(k // 2, w.dtype), _pow2(k - k // 2, w.dtype)
+    normal = w * f1 * f2
+    # A subnormal w is mant·2**(1 - bias - nmant); scaled: mant·2**(1 - nmant - top), or 0
+    # where even that is below the normal range (a weight 2**-126 below the largest).
+    e_sub = 1 - nmant - top
+    mant = (bits & ((1 << nmant) - 1)).astype(w.dtype)
+    sub = mant * _pow2(jnp.maximum(e_sub, 1 - bias), w.dtype)
+    sub = jnp.where((e_sub < 1 - bias) | (bits == 0), jnp.zeros((), w.dtype), sub)
+    sub = jnp.where(bits != jax.lax.bitcast_convert_type(w, itype), -sub, sub)  # sign bit
+    sub = jax.lax.stop_gradient(sub) + (w - jax.lax.stop_gradient(w)) * f1 * f2
+    return jnp.where(field == 0, sub, normal)

@@ -270,3 +270,28 @@ def test_check_targets_inside_checkified_vmap():
     assert err.get() is None and out.shape == (2,)
     err, _ = f(X, jnp.array([[0, 1, 2, 0], [0, -5, 2, 0]]))
     assert "target value -5" in err.get()
+
+
+# --- where= ---------------------------------------------------------------------------
+
+
+def test_where_left_out_positions_are_not_checked_and_left_out_classes_are():
+    """A bad target at a position that ``where`` leaves out is not reported (the unchecked
+    loss is 0 there, as for an ignored one); a target whose own class ``where`` leaves out
+    is (the unchecked loss is NaN there)."""
+    t = jnp.array([0, 9, 1, 2])
+    positions = jnp.array([True, False, True, True])
+    assert float(checked_ce(X, t, where=positions, reduction="none")[1]) == 0.0
+    np.testing.assert_allclose(
+        checked_nll(jax.nn.log_softmax(X), t, where=positions),
+        jaxce.nll_loss(jax.nn.log_softmax(X), t, where=positions),
+    )
+    classes = jnp.ones((4, 3), bool).at[2, 1].set(False)
+    t = jnp.array([0, 1, 1, 2])
+    assert np.isnan(float(jaxce.cross_entropy(X, t, where=classes, reduction="none")[2]))
+    for safe in (checked_ce, lambda x, t, **kw: checked_nll(jax.nn.log_softmax(x), t, **kw)):
+        with pytest.raises(ValueError, match=r"target value 1 at flattened position 2 .*`where`"):
+            safe(X, t, where=classes)
+    # A row with nothing in it is left out, whatever its target.
+    empty_row = classes.at[2].set(False)
+    assert float(checked_ce(X, jnp.array([0, 1, 7, 2]), where=empty_row, reduction="none")[2]) == 0

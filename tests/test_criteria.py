@@ -261,7 +261,12 @@ CONSTRUCTION_ERRORS = {
         TypeError,
         "CrossEntropyLoss.*ignore_index.*0.5",
     ),
-    "axis-none": (lambda: jaxce.NLLLoss(axis=None), TypeError, "NLLLoss.*axis.*None"),
+    # axis=None (every axis) and tuples are valid, as in the functions; lists are not
+    "axis-list": (lambda: jaxce.NLLLoss(axis=[1]), TypeError, r"NLLLoss.*axis.*\[1\]"),
+    "axis-empty": (lambda: jaxce.NLLLoss(axis=()), TypeError, r"NLLLoss.*axis.*\(\)"),
+    "axis-tuple-float": (
+        lambda: jaxce.CrossEntropyLoss(axis=(1, 2.0)), TypeError, "CrossEntropyLoss.*axis"
+    ),
     "weight-2d": (
         lambda: jaxce.NLLLoss(weight=np.ones((2, 3), np.float32)),
         ValueError,
