@@ -25,6 +25,9 @@ class Config:
     heads: int = 4
     seq_len: int = 128
     tied: bool = True
+    # Tied table storage: "vd" = nnx.Embed's (V, D), the head gets its transpose;
+    # "dv" = stored (D, V) as the head's kernel, embedding lookup gathers columns.
+    tied_layout: str = "vd"
 
 
 def attention_mask(segments: jax.Array) -> jax.Array:
@@ -68,7 +71,13 @@ class LM(nnx.Module):
             raise ValueError(f"LM: d_model={cfg.d_model} is not divisible by heads={cfg.heads}")
         self.cfg = cfg
         init = nnx.initializers.normal(0.02)
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
+        if cfg.tied_layout not in ("vd", "dv"):
+            raise ValueError(f"LM: tied_layout={cfg.tied_layout!r} is not 'vd' or 'dv'")
+        if cfg.tied and cfg.tied_layout == "dv":
+            # the same numbers as the "vd" layout's table, stored transposed
+            self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model)).T)
+        else:
+            self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
         self.pos = nnx.Param(init(rngs.params(), (cfg.seq_len, cfg.d_model)))
         self.blocks = nnx.List(
             [Block(cfg.d_model, cfg.heads, layers=cfg.layers, rngs=rngs) for _ in range(cfg.layers)]
@@ -79,7 +88,11 @@ class LM(nnx.Module):
 
     def __call__(self, tokens: jax.Array, segments: jax.Array) -> jax.Array:
         """Hidden states ``(B, T, D)`` for ``tokens`` ``(B, T)``."""
-        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        if self.cfg.tied and self.cfg.tied_layout == "dv":
+            x = jnp.moveaxis(jnp.take(self.table[...], tokens, axis=1), 0, -1)
+        else:
+            x = self.embed(tokens)
+        x = x + self.pos[: tokens.shape[1]]
         mask = attention_mask(segments)
         for block in self.blocks:
             x = block(x, mask)
@@ -92,5 +105,7 @@ class LM(nnx.Module):
         (checked in the compiled HLO by ``train.py --check-hlo``; see the README).
         """
         if self.cfg.tied:
+            if self.cfg.tied_layout == "dv":
+                return self.table[...]
             return self.embed.embedding[...].T
         return self.head[...]

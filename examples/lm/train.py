@@ -79,6 +79,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--label-smoothing", type=float, default=0.1)
     a("--z-loss", type=float, default=1e-4)
     a("--seed", type=int, default=0)
+    a("--tied-layout", choices=("vd", "dv"), default="vd",
+      help="tied table stored (V, D) (head gets .T) or (D, V) (lookup gathers columns)")
     a("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     a("--runs", type=parse_runs, default=ALL_RUNS, help="comma-separated, e.g. fused-tied")
     a("--max-docs", type=int, default=None, help="use only the first N documents (tests)")
@@ -86,7 +88,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_of(args, vocab_size: int, tied: bool) -> Config:
-    return Config(vocab_size, args.d_model, args.layers, args.heads, args.seq_len, tied)
+    return Config(
+        vocab_size, args.d_model, args.layers, args.heads, args.seq_len, tied, args.tied_layout
+    )
 
 
 def load_data(args):
@@ -138,7 +142,10 @@ def make_step(graphdef, run: RunSpec, optimizer, args, axes=None):
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax mixes Python floats with its int32 step count, which the test suite's
+        # strict dtype promotion rejects; the model and the loss stay under the caller's rule.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step
@@ -245,7 +252,7 @@ def _put(batch, sharding):
 CONFIG_OPTIONS = (
     "vocab", "d_model", "layers", "heads", "seq_len", "batch", "steps", "eval_every",
     "eval_batches", "lr", "warmup", "weight_decay", "label_smoothing", "z_loss", "seed",
-    "max_docs", "cache_dir",
+    "max_docs", "cache_dir", "tied_layout",
 )  # fmt: skip
 
 
