@@ -28,7 +28,7 @@ import train  # noqa: E402
 
 TINY = [
     "--vocab", "384", "--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32",
-    "--batch", "4", "--steps", "4", "--eval-every", "2", "--eval-batches", "2",
+    "--batch", "4", "--steps", "4", "--eval-every", "4", "--eval-batches", "1",
     "--max-docs", "150", "--warmup", "1", "--lr", "1e-2",
 ]  # fmt: skip
 
@@ -84,7 +84,7 @@ def test_heads_agree_step_by_step(tiny):
         np.testing.assert_allclose(
             [v for _, v in fused.heldout], [v for _, v in mat.heldout], rtol=2e-6
         )
-        assert [s for s, _ in mat.heldout] == [2, 4]
+        assert [s for s, _ in mat.heldout] == [4]
         # the steps do train: the losses are not all equal
         assert np.ptp(mat.loss) > 1e-3
     # tied and untied are different models

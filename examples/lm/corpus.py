@@ -132,7 +132,9 @@ class Corpus:
         digest = hashlib.sha256()
         for name, text in docs:
             digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-        key = f"py{sys.version_info[0]}{sys.version_info[1]}-v{vocab_size}-{digest.hexdigest()[:16]}"
+        key = (
+            f"py{sys.version_info[0]}{sys.version_info[1]}-v{vocab_size}-{digest.hexdigest()[:16]}"
+        )
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         tok_path, ids_path = cache / f"{key}.tokenizer.json", cache / f"{key}.ids.npz"
         from tokenizers import Tokenizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+
 import jaxce
 
 HEADS = ("materialised", "fused")

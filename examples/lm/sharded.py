@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--mesh must be like 2x4, got {known.mesh!r}")
     flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={shape[0] * shape[1]}"
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_force_host_platform_device_count={shape[0] * shape[1]}"
+    )
 
     import jax
-
     import train
 
     train.add_args(p)

@@ -21,10 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import corpus  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-import corpus  # noqa: E402
 import train  # noqa: E402
 
 
@@ -36,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     data, packed, _ = train.load_data(args)
     batches = [
         {k: jnp.asarray(v) for k, v in b.items()}
-        for b, _ in zip(corpus.batches(packed, args.batch, args.seed), range(args.rounds), strict=False)
+        for b, _ in zip(
+            corpus.batches(packed, args.batch, args.seed), range(args.rounds), strict=False
+        )
     ]
     optimizer = train.make_optimizer(args)
     cases = {}
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         diff = max(abs(x - y) for x, y in zip(c["losses"], ref["losses"], strict=True))
         shape = "(V, D), head gets .T" if layout == "vd" else "(D, V), lookup by column"
+        ms = 1e3 * statistics.median(c["seconds"][1:])
         print(f"| {head} | {shape} | {len(c['copies'])} | {c['temp'] / 2**20:.1f} | "
-              f"{1e3 * statistics.median(c['seconds'][1:]):.0f} | {ratio:.2f} | {diff:.1e} |")  # fmt: skip
+              f"{ms:.0f} | {ratio:.2f} | {diff:.1e} |")  # fmt: skip
     for (head, layout), c in cases.items():
         for line in c["copies"]:
             print(f"  {head}/{layout}: {line[:150]}")

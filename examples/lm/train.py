@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -79,8 +79,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--label-smoothing", type=float, default=0.1)
     a("--z-loss", type=float, default=1e-4)
     a("--seed", type=int, default=0)
-    a("--tied-layout", choices=("vd", "dv"), default="vd",
-      help="tied table stored (V, D) (head gets .T) or (D, V) (lookup gathers columns)")
+    a(
+        "--tied-layout",
+        choices=("vd", "dv"),
+        default="vd",
+        help="tied table stored (V, D) (head gets .T) or (D, V) (lookup gathers columns)",
+    )
     a("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     a("--runs", type=parse_runs, default=ALL_RUNS, help="comma-separated, e.g. fused-tied")
     a("--max-docs", type=int, default=None, help="use only the first N documents (tests)")
@@ -153,7 +157,9 @@ def make_step(graphdef, run: RunSpec, optimizer, args, axes=None):
 
 def heldout_batches(packed, batch_size: int, count: int) -> list[dict]:
     n = min(count, len(packed["inputs"]) // batch_size)
-    return [{k: v[i * batch_size : (i + 1) * batch_size] for k, v in packed.items()} for i in range(n)]
+    return [
+        {k: v[i * batch_size : (i + 1) * batch_size] for k, v in packed.items()} for i in range(n)
+    ]
 
 
 @dataclasses.dataclass
@@ -198,11 +204,12 @@ def train(
         cfg = config_of(args, vocab_size, run.tied)
         graphdef, params = init(cfg, args.seed)
         if mesh is not None:
-            params = jax.tree.map(lambda x: jax.device_put(x, _spec(mesh, x, cfg)), params)
+            place = functools.partial(_place, mesh=mesh, cfg=cfg)
+            params = jax.tree.map(place, params)
             batch_spec = jax.NamedSharding(mesh, jax.P("data", None))
         opt_state = optimizer.init(params)
         if mesh is not None:  # the moments like their parameters, the step count replicated
-            opt_state = jax.tree.map(lambda x: jax.device_put(x, _spec(mesh, x, cfg)), opt_state)
+            opt_state = jax.tree.map(place, opt_state)
         step = make_step(graphdef, run, optimizer, args, axes)
         example = _put(next(corpus.batches(train_packed, args.batch, args.seed)), batch_spec)
         shard = (
@@ -216,7 +223,9 @@ def train(
         loss_fn = make_loss(graphdef, run, label_smoothing=0.0, z_loss=0.0, axes=axes)
         evals[run.name] = jax.jit(loss_fn)
         states[run.name], steps[run.name] = (params, opt_state), compiled
-    held = [_put(b, batch_spec) for b in heldout_batches(held_packed, args.batch, args.eval_batches)]
+    held = [
+        _put(b, batch_spec) for b in heldout_batches(held_packed, args.batch, args.eval_batches)
+    ]
     data = corpus.batches(train_packed, args.batch, args.seed)
     last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     for i in range(1, last + 1):
@@ -237,6 +246,10 @@ def train(
     return hist
 
 
+def _place(x, *, mesh, cfg: Config):
+    return jax.device_put(x, _spec(mesh, x, cfg))
+
+
 def _spec(mesh, x, cfg: Config):
     if x.ndim == 2 and x.shape == (cfg.vocab_size, cfg.d_model):
         return jax.NamedSharding(mesh, jax.P("vocab", None))
@@ -246,7 +259,10 @@ def _spec(mesh, x, cfg: Config):
 
 
 def _put(batch, sharding):
-    return {k: jnp.asarray(v) if sharding is None else jax.device_put(v, sharding) for k, v in batch.items()}
+    return {
+        k: jnp.asarray(v) if sharding is None else jax.device_put(v, sharding)
+        for k, v in batch.items()
+    }
 
 
 CONFIG_OPTIONS = (
@@ -369,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, console)
     for name, h in hist.items():
         if h.run.tied:
-            what = "none" if not h.hlo_transposes else f"{len(h.hlo_transposes)}, e.g. " + (
-                h.hlo_transposes[0]
+            what = (
+                "none"
+                if not h.hlo_transposes
+                else f"{len(h.hlo_transposes)}, e.g. " + (h.hlo_transposes[0])
             )
             console.print(f"{name}: HLO copies/transposes of the whole embedding table: {what}")
     if args.plot:
