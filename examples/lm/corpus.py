@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import itertools
 import os
 import sys
 import sysconfig
@@ -35,19 +36,26 @@ SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__
 MIN_CHARS = 40  # shorter docstrings ("Return self.") are mostly noise
 
 
-def documents() -> list[tuple[str, str]]:
-    """``(name, text)`` pairs: the pydoc topics, then stdlib docstrings, in a fixed order."""
+def documents(limit: int | None = None) -> list[tuple[str, str]]:
+    """``(name, text)`` pairs: the pydoc topics, then stdlib docstrings, in a fixed order.
+
+    ``limit`` keeps the first ``limit`` (and reads no further source files).
+    """
+    return list(itertools.islice(_documents(), limit))
+
+
+def _documents() -> Iterator[tuple[str, str]]:
     import pydoc_data.topics
 
-    docs = [(f"topic:{k}", v) for k, v in sorted(pydoc_data.topics.topics.items())]
+    for k, v in sorted(pydoc_data.topics.topics.items()):
+        yield f"topic:{k}", v
     root = Path(sysconfig.get_paths()["stdlib"])
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for fname in sorted(filenames):
             if fname.endswith(".py"):
                 path = Path(dirpath, fname)
-                docs.extend(_docstrings(path, path.relative_to(root).as_posix()))
-    return docs
+                yield from _docstrings(path, path.relative_to(root).as_posix())
 
 
 def _docstrings(path: Path, rel: str) -> Iterator[tuple[str, str]]:
@@ -125,9 +133,7 @@ class Corpus:
         max_docs: int | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
-        docs = documents()
-        if max_docs is not None:
-            docs = docs[:max_docs]
+        docs = documents(max_docs)
         texts = [t for _, t in docs]
         digest = hashlib.sha256()
         for name, text in docs:

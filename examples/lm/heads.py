@@ -41,4 +41,8 @@ def head_loss(
         return jaxce.linear_cross_entropy(
             hidden, kernel, targets, data_axis=data_axis, vocab_axis=vocab_axis, mesh=mesh, **opts
         )
+    if head == "probe":
+        # Not a loss: the same model and optimizer with a one-class "head", to measure
+        # what the train step holds apart from any (V-wide) head loss.
+        return jax.numpy.mean((hidden @ kernel[:, :1]) ** 2)
     raise ValueError(f"head_loss: `head`={head!r} is not one of {HEADS}")

@@ -246,6 +246,18 @@ def train(
     return hist
 
 
+def probe_temp_bytes(args, train_packed, vocab_size: int, tied: bool) -> int:
+    """The compiled temporaries of the train step with a one-class head instead of a loss
+    over the vocabulary: the model's activations, the gradients and the optimizer's."""
+    cfg = config_of(args, vocab_size, tied)
+    graphdef, params = init(cfg, args.seed)
+    optimizer = make_optimizer(args)
+    step = make_step(graphdef, RunSpec("probe", tied), optimizer, args)
+    batch = _put(next(corpus.batches(train_packed, args.batch, args.seed)), None)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, optimizer.init(params), batch)
+    return int(compiled.compile().memory_analysis().temp_size_in_bytes)
+
+
 def _place(x, *, mesh, cfg: Config):
     return jax.device_put(x, _spec(mesh, x, cfg))
 
@@ -383,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         hist = train(args.runs, args, train_packed, held_packed, data.vocab_size, log=log)
     rows = summary_rows(hist)
     print_table(rows, console)
+    result = {"rows": rows, "histories": {k: h.as_json() for k, h in hist.items()}}
+    for tied in sorted({r.tied for r in args.runs}, reverse=True):
+        probe = probe_temp_bytes(args, train_packed, data.vocab_size, tied)
+        result.setdefault("probe_temp_mib", {})["tied" if tied else "untied"] = probe / 2**20
+        console.print(
+            f"{'tied' if tied else 'untied'}: the same step with a one-class head (no loss over "
+            f"the vocabulary) holds {probe / 2**20:.1f} MiB of temporaries"
+        )
     for name, h in hist.items():
         if h.run.tied:
             what = (
@@ -396,7 +416,6 @@ def main(argv: list[str] | None = None) -> int:
 
         plot.plot(hist, args.plot, title=f"V={data.vocab_size}, D={args.d_model}")
         console.print(f"wrote {args.plot}")
-    result = {"rows": rows, "histories": {k: h.as_json() for k, h in hist.items()}}
     fused = [r for r in args.runs if r.head == "fused"]
     if args.mesh != "none" and fused:
         console.print(f"sharded check: {args.sharded_steps} steps on a {args.mesh} data×vocab mesh")
