@@ -95,11 +95,12 @@ def test_heads_agree_step_by_step(tiny):
 
 
 def test_tied_table_stored_dv_gives_the_same_losses(tiny):
-    args, data, (train_packed, held_packed), hist = tiny
-    dv = argparse.Namespace(**{**vars(args), "tied_layout": "dv", "eval_batches": 0})
-    run = train.RunSpec("fused", True)
-    out = train.train([run], dv, train_packed, held_packed, data.vocab_size, log=lambda *a: None)
-    np.testing.assert_allclose(out[run.name].loss, hist[run.name].loss, rtol=2e-6)
+    args, data, packed, hist = tiny
+    no_eval = argparse.Namespace(**{**vars(args), "eval_batches": 0})
+    run = train.RunSpec("fused", True, "dv")
+    out = train.train([run], no_eval, *packed, data.vocab_size, log=lambda *a: None)
+    assert run.name == "fused-tied-dv"
+    np.testing.assert_allclose(out[run.name].loss, hist["fused-tied"].loss, rtol=2e-6)
     assert out[run.name].hlo_transposes == []
 
 

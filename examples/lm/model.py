@@ -99,10 +99,11 @@ class LM(nnx.Module):
         return self.ln_f(x)
 
     def head_kernel(self) -> jax.Array:
-        """The LM head as a ``(D, V)`` kernel: ``embedding.T`` when tied.
+        """The LM head as a ``(D, V)`` kernel: ``embedding.T`` when tied ("vd").
 
-        The transpose is free: XLA folds it into the dot products' dimension numbers
-        (checked in the compiled HLO by ``train.py --check-hlo``; see the README).
+        For the materialised head XLA folds that transpose into the dot products. For
+        ``linear_cross_entropy`` it copies the table to ``(D, V)`` and the kernel
+        gradient back, every step (see the README); ``tied_layout="dv"`` avoids both.
         """
         if self.cfg.tied:
             if self.cfg.tied_layout == "dv":

@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = {}
     for head in ("materialised", "fused"):
         for layout in ("vd", "dv"):
-            a = argparse.Namespace(**{**vars(args), "tied_layout": layout})
-            cfg = train.config_of(a, data.vocab_size, True)
+            a = args
+            cfg = train.config_of(a, data.vocab_size, True, layout)
             graphdef, params = train.init(cfg, args.seed)
             opt_state = optimizer.init(params)
-            run = train.RunSpec(head, True)
+            run = train.RunSpec(head, True, layout)
             step = jax.jit(train.make_step(graphdef, run, optimizer, a), donate_argnums=(0, 1))
             compiled = step.lower(params, opt_state, batches[0]).compile()
             cases[(head, layout)] = dict(
