@@ -108,7 +108,7 @@ def test_sharded_run_matches_single_device(tiny, tmp_path):
     args, _, _, hist = tiny
     out = tmp_path / "sharded.json"
     cmd = [sys.executable, str(LM_DIR / "sharded.py"), *train.config_argv(args), "--mesh", "2x4"]
-    cmd += ["--runs", "fused-tied,fused-untied", "--json", str(out)]
+    cmd += ["--runs", "fused-tied,fused-untied", "--json", str(out), "--eval-batches", "0"]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
