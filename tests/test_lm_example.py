@@ -65,9 +65,14 @@ def test_corpus_is_real_text_and_split_is_stable(tiny):
     _, data, (train_packed, held_packed), _ = tiny
     assert data.vocab_size == 384
     assert data.train and data.heldout
-    text = data.tokenizer.decode([int(t) for t in data.train[0][:50]])
-    assert len(text) > 50 and text.isprintable() or "\n" in text
-    assert corpus.is_heldout("x", 0.05) == corpus.is_heldout("x", 0.05)
+    # byte-level BPE round-trips each document exactly; each ends with EOS
+    docs = corpus.documents(150)
+    train_texts = [text for name, text in docs if not corpus.is_heldout(name, 0.05)]
+    assert len(train_texts) == len(data.train) and len(data.heldout) == len(docs) - len(data.train)
+    for ids, text in zip(data.train[:5], train_texts[:5], strict=True):
+        assert ids[-1] == data.eos_id
+        assert data.tokenizer.decode([int(t) for t in ids[:-1]]) == text
+    assert docs[0][0].startswith("topic:")
     for packed in (train_packed, held_packed):
         ignored = packed["targets"] == -100
         assert ignored.any() and not ignored.all()
