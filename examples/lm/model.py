@@ -28,6 +28,9 @@ class Config:
     # Tied table storage: "vd" = nnx.Embed's (V, D), the head gets its transpose;
     # "dv" = stored (D, V) as the head's kernel, embedding lookup gathers columns.
     tied_layout: str = "vd"
+    # compute dtype (Flax's `dtype=`): parameters stay float32 (`param_dtype`), the
+    # layers cast them; the head kernel is cast too.
+    dtype: str = "float32"
 
 
 def attention_mask(segments: jax.Array) -> jax.Array:
@@ -42,17 +45,17 @@ def attention_mask(segments: jax.Array) -> jax.Array:
 
 
 class Block(nnx.Module):
-    def __init__(self, d: int, heads: int, *, layers: int, rngs: nnx.Rngs):
+    def __init__(self, d: int, heads: int, *, layers: int, dtype: str, rngs: nnx.Rngs):
         init = nnx.initializers.normal(0.02)
         # GPT-2: the residual projections scaled by 1/sqrt(2·layers).
         out_init = nnx.initializers.normal(0.02 / (2 * layers) ** 0.5)
         self.heads = heads
-        self.ln1 = nnx.LayerNorm(d, rngs=rngs)
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=init, rngs=rngs)
-        self.proj = nnx.Linear(d, d, kernel_init=out_init, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(d, rngs=rngs)
-        self.up = nnx.Linear(d, 4 * d, kernel_init=init, rngs=rngs)
-        self.down = nnx.Linear(4 * d, d, kernel_init=out_init, rngs=rngs)
+        self.ln1 = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(d, d, kernel_init=out_init, dtype=dtype, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
+        self.up = nnx.Linear(d, 4 * d, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(4 * d, d, kernel_init=out_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -77,22 +80,28 @@ class LM(nnx.Module):
             # the same numbers as the "vd" layout's table, stored transposed
             self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model)).T)
         else:
-            self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, rngs=rngs)
+            self.embed = nnx.Embed(
+                cfg.vocab_size, cfg.d_model, embedding_init=init, dtype=cfg.dtype, rngs=rngs
+            )
         self.pos = nnx.Param(init(rngs.params(), (cfg.seq_len, cfg.d_model)))
         self.blocks = nnx.List(
-            [Block(cfg.d_model, cfg.heads, layers=cfg.layers, rngs=rngs) for _ in range(cfg.layers)]
+            [
+                Block(cfg.d_model, cfg.heads, layers=cfg.layers, dtype=cfg.dtype, rngs=rngs)
+                for _ in range(cfg.layers)
+            ]
         )
-        self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.ln_f = nnx.LayerNorm(cfg.d_model, dtype=cfg.dtype, rngs=rngs)
         if not cfg.tied:
             self.head = nnx.Param(init(rngs.params(), (cfg.d_model, cfg.vocab_size)))
 
     def __call__(self, tokens: jax.Array, segments: jax.Array) -> jax.Array:
         """Hidden states ``(B, T, D)`` for ``tokens`` ``(B, T)``."""
         if self.cfg.tied and self.cfg.tied_layout == "dv":
-            x = jnp.moveaxis(jnp.take(self.table[...], tokens, axis=1), 0, -1)
+            x = jnp.take(self.table[...], tokens, axis=1)  # (D, B, T)
+            x = jnp.moveaxis(x, 0, -1).astype(self.cfg.dtype)
         else:
             x = self.embed(tokens)
-        x = x + self.pos[: tokens.shape[1]]
+        x = x + self.pos[: tokens.shape[1]].astype(self.cfg.dtype)
         mask = attention_mask(segments)
         for block in self.blocks:
             x = block(x, mask)
@@ -107,6 +116,6 @@ class LM(nnx.Module):
         """
         if self.cfg.tied:
             if self.cfg.tied_layout == "dv":
-                return self.table[...]
-            return self.embed.embedding[...].T
-        return self.head[...]
+                return self.table[...].astype(self.cfg.dtype)
+            return self.embed.embedding[...].T.astype(self.cfg.dtype)
+        return self.head[...].astype(self.cfg.dtype)

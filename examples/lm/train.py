@@ -98,6 +98,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default="vd",
         help="tied table stored (V, D) (head gets .T) or (D, V) (lookup gathers columns)",
     )
+    a("--dtype", choices=("float32", "bfloat16"), default="float32",
+      help="compute dtype; parameters and optimizer state stay float32")  # fmt: skip
+    a("--remat", action="store_true", help="jax.checkpoint the loss (recompute in backward)")
     a("--stop-after", type=int, default=None, help="stop after this many steps of the schedule")
     a("--runs", type=parse_runs, default=ALL_RUNS,
       help="comma-separated, e.g. fused-tied,fused-tied-dv; 'all' adds the -dv runs")  # fmt: skip
@@ -106,7 +109,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_of(args, vocab_size: int, tied: bool, layout: str = "vd") -> Config:
-    return Config(vocab_size, args.d_model, args.layers, args.heads, args.seq_len, tied, layout)
+    return Config(
+        vocab_size, args.d_model, args.layers, args.heads, args.seq_len, tied, layout, args.dtype
+    )
 
 
 def load_data(args):
@@ -132,7 +137,7 @@ def init(cfg: Config, seed: int):
     return nnx.split(LM(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
 
 
-def make_loss(graphdef, run: RunSpec, *, label_smoothing, z_loss, axes=None):
+def make_loss(graphdef, run: RunSpec, *, label_smoothing, z_loss, axes=None, remat=False):
     axes = axes or {}
 
     def loss_fn(params, batch):
@@ -148,12 +153,17 @@ def make_loss(graphdef, run: RunSpec, *, label_smoothing, z_loss, axes=None):
             **axes,
         )
 
-    return loss_fn
+    return jax.checkpoint(loss_fn) if remat else loss_fn
 
 
 def make_step(graphdef, run: RunSpec, optimizer, args, axes=None):
     loss_fn = make_loss(
-        graphdef, run, label_smoothing=args.label_smoothing, z_loss=args.z_loss, axes=axes
+        graphdef,
+        run,
+        label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss,
+        axes=axes,
+        remat=args.remat,
     )
 
     def step(params, opt_state, batch):
@@ -292,13 +302,13 @@ def _put(batch, sharding):
 CONFIG_OPTIONS = (
     "vocab", "d_model", "layers", "heads", "seq_len", "batch", "steps", "eval_every",
     "eval_batches", "lr", "warmup", "weight_decay", "label_smoothing", "z_loss", "seed",
-    "max_docs", "cache_dir",
+    "max_docs", "cache_dir", "dtype",
 )  # fmt: skip
 
 
 def config_argv(args) -> list[str]:
     """The command-line options that reproduce ``args``' model, data and schedule."""
-    out = []
+    out = ["--remat"] if args.remat else []
     for key in CONFIG_OPTIONS:
         value = getattr(args, key)
         if value is not None:
@@ -389,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model: d_model {args.d_model}, {args.layers} layers, {args.heads} heads; batch "
         f"{args.batch}×{args.seq_len} = {ntok} tokens/step; logits {ntok}×{data.vocab_size} "
         f"float32 = {ntok * data.vocab_size * 4 / 2**20:.0f} MiB; jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}; runs: {', '.join(r.name for r in args.runs)}"
+        f"{jax.devices()[0].platform}; {args.dtype}{', remat' if args.remat else ''}; runs: "
+        f"{', '.join(r.name for r in args.runs)}"
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), TextColumn("{task.fields[losses]}"),
