@@ -262,7 +262,7 @@ def train(
         if held and (i % args.eval_every == 0 or i == last):
             for run in runs:
                 p = states[run.name][0]
-                value = float(np.mean([evals[run.name](p, b) for b in held]))
+                value = float(np.mean([float(evals[run.name](p, b)) for b in held]))
                 hist[run.name].heldout.append((i, value))
         log(i, {name: h.loss[-1] for name, h in hist.items()}, hist)
     return hist
