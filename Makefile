@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test demo lint golden bench docs clean
+.PHONY: test demo lint golden bench docs lm clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ $(VENV)/.installed-docs: pyproject.toml | $(VENV)/bin/python
 docs: $(VENV)/.installed-docs
 	$(PY) -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
 	$(PY) -m sphinx -W --keep-going -q -b doctest -d docs/_build/doctrees docs docs/_build/doctest
+
+# `make lm`: the language-model example, see examples/lm/README.md (LM_ARGS="--runs all" adds the (D, V) tied-table runs).
+$(VENV)/.installed-examples: pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e ".[examples]"
+	touch $@
+
+lm: $(VENV)/.installed-examples
+	$(PY) examples/lm/train.py $(LM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache docs/_build docs/_generated
