@@ -42,7 +42,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-# docs/_incoming holds raw material from other branches, merged by hand; never built.
+# docs/_incoming: raw material from parallel branches, merged by hand; never built.
 # docs/_generated is written by gen_performance.py and included, not a page of its own.
 exclude_patterns = ["_build", "_generated", "_incoming", "_incoming/**", "Thumbs.db", ".DS_Store"]
 
