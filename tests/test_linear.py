@@ -716,3 +716,32 @@ def test_benchmark_program_runs(tmp_path):
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert len(data["rows"]) == 4
     assert "| nobias |" in next(tmp_path.glob("*.md")).read_text()
+
+
+@pytest.mark.parametrize("scale", [1e37, 1e38, 1e-39])
+@pytest.mark.parametrize("grad_mode", ["recompute", "forward"])
+def test_extreme_class_weights_match_cross_entropy(scale, grad_mode):
+    """Weighted ``mean`` with weights whose sums overflow, or whose 1/Σw underflows, or that
+    are subnormal: the fused loss scales them by a common power of two, as cross_entropy does,
+    so it gives the same finite loss and gradients (without it: inf, or NaN)."""
+    k = jax.random.split(jax.random.key(3), 3)
+    h = jax.random.normal(k[0], (16, 8))
+    kernel = jax.random.normal(k[1], (8, 40))
+    t = jax.random.randint(k[2], (16,), 0, 40)
+    # built in NumPy: XLA on CPU would flush the subnormal products to zero
+    w = jnp.asarray((np.linspace(0.5, 1.5, 40) * scale).astype(np.float32))
+
+    def fused(h, kernel):
+        return jaxce.linear_cross_entropy(
+            h, kernel, t, weight=w, grad_mode=grad_mode, label_smoothing=0.1
+        )
+
+    def materialised(h, kernel):
+        return jaxce.cross_entropy(h @ kernel, t, weight=w, label_smoothing=0.1)
+
+    v1, g1 = jax.value_and_grad(fused, argnums=(0, 1))(h, kernel)
+    v2, g2 = jax.value_and_grad(materialised, argnums=(0, 1))(h, kernel)
+    assert np.isfinite(float(v1))
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for a, b in zip(g1, g2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

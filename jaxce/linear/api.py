@@ -107,6 +107,8 @@ def _linear_impl(
 
     t, valid, bad = rule.target_masks(target, num_classes, ignore_index)
     w = None if weight is None else weight.astype(cdt)
+    if w is not None and reduction == "mean":
+        w = rule.weights_for_mean(w)  # a common power of two: mean is unchanged, sums stay finite
     w_t = None if w is None else _spmd.take(w, t)
     smoothing = not (isinstance(eps, float) and eps == 0.0)
     w_full = w if smoothing else None
