@@ -58,6 +58,64 @@ def linear(x, t, **kw):
     return jaxce.linear_cross_entropy(x, K[: x.shape[-1]], t, **kw)
 
 
+W3 = jnp.asarray(RNG.uniform(0.5, 1.5, size=(4, 3)), jnp.float32)  # makes gradients non-trivial
+MASK = np.array([[True, False, True]])  # broadcasts over the rows
+
+
+def softmax_sum(x, t, **kw):
+    return jnp.sum(jaxce.softmax(x, **kw) * W3)
+
+
+def log_softmax_sum(x, t, **kw):
+    out = jaxce.log_softmax(x, **kw)
+    return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0) * W3)
+
+
+def logsumexp_sum(x, t, **kw):
+    return jnp.sum(jaxce.logsumexp(x, **kw))
+
+
+def softmax_family_cases() -> list:
+    """softmax, log_softmax, logsumexp: bad arguments, and masked / weighted values."""
+    out = []
+    for name, fn in [("softmax", softmax_sum), ("log_softmax", log_softmax_sum),
+                     ("logsumexp", logsumexp_sum)]:
+        arg = "a" if name == "logsumexp" else "x"
+        out += [
+            Case(f"{name}/str-input", fn, x=STR, raises=type_error(name, arg),
+                 modes=("eager", "jit")),
+            Case(f"{name}/object-input", fn, x=OBJ, raises=type_error(name, arg),
+                 modes=("eager", "jit")),
+            Case(f"{name}/bool-input", fn, x=np.ones((4, 3), bool),
+                 raises=type_error(name, arg) if name != "logsumexp" else None,
+                 reference=None if name != "logsumexp" else (
+                     lambda x, t: jnp.sum(jax.nn.logsumexp(jnp.ones((4, 3)), axis=None))),
+                 modes=("eager", "jit")),
+            Case(f"{name}/where-shape", fn, kw=dict(where=np.ones((2, 2), bool)),
+                 raises=value_error(name, "where")),
+            Case(f"{name}/where-int", fn, kw=dict(where=np.ones((4, 3), np.int32)),
+                 raises=type_error(name, "where")),
+            Case(f"{name}/axis-out-of-range", fn, kw=dict(axis=5),
+                 raises=value_error(name, "axis")),
+            Case(f"{name}/axis-float", fn, kw=dict(axis=1.0), raises=type_error(name, "axis")),
+        ]
+    out += [
+        Case("logsumexp/b-shape", logsumexp_sum, kw=dict(b=np.ones((2, 2), np.float32)),
+             raises=value_error("logsumexp", "b")),
+        Case("logsumexp/return_sign-int", logsumexp_sum, kw=dict(return_sign=1),
+             raises=type_error("logsumexp", "return_sign")),
+        Case("softmax/where-broadcast", softmax_sum, kw=dict(where=MASK),
+             reference=lambda x, t: jnp.sum(jax.nn.softmax(x, where=MASK) * W3.astype(x.dtype))),
+        Case("log_softmax/where-broadcast", log_softmax_sum, kw=dict(where=MASK),
+             reference=lambda x, t: jnp.sum(
+                 jnp.where(MASK, jax.nn.log_softmax(x, where=MASK), 0.0) * W3.astype(x.dtype))),
+        Case("logsumexp/b-weights", logsumexp_sum, kw=dict(b=np.asarray(W3), axis=-1),
+             reference=lambda x, t: jnp.sum(
+                 jax.nn.logsumexp(x, axis=-1, b=np.asarray(W3, np.float64)))),
+    ]
+    return out
+
+
 LOSSES = {"cross_entropy": ce, "nll_loss": nll, "CrossEntropyLoss": criterion,
           "NLLLoss": nll_criterion}
 
@@ -194,7 +252,7 @@ def cases() -> list[Case]:
         out.append(Case(f"{ce_name}/{label}", ce, kw=kw, reference=ref))
         if "weight" in kw and "label_smoothing" not in kw:
             out.append(Case(f"nll_loss/{label}", nll, kw=kw, reference=ref))
-    return out
+    return out + softmax_family_cases()
 
 
 def _same_error(err, raises):
