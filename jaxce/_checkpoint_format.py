@@ -237,3 +237,15 @@ def load_array(path: pathlib.Path, doc: dict[str, Any], name: str) -> np.ndarray
     if size - offset != 4 * math.prod(expected):
         raise _damaged(path, rel, f"has {size - offset} bytes of data for float32{list(expected)}")
     return np.frombuffer(raw, dtype="<f4", offset=offset).reshape(expected)
+
+
+def encode_manifest(body: dict[str, Any]) -> bytes:
+    digest = hashlib.sha256(_canonical(body)).hexdigest()
+    text = json.dumps({**body, "sha256": digest}, indent=1, sort_keys=True, allow_nan=False)
+    return (text + "\n").encode()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()

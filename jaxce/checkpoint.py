@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -72,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxce import _durable
 from jaxce._checkpoint_format import (
     _DATA_RE,
     _TMP_RE,
@@ -82,10 +82,11 @@ from jaxce._checkpoint_format import (
     MAX_MANIFEST_BYTES,
     VERSION,
     CheckpointError,
-    _canonical,
     _shapes,
+    encode_manifest,
     load_array,
     load_manifest,
+    npy_bytes,
 )
 from jaxce._checkpoint_v1 import is_v1, read_v1
 
@@ -236,58 +237,6 @@ def check_save_directory(directory: str | os.PathLike) -> pathlib.Path:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # a platform that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a file system without directory fsync
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: pathlib.Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs(path: pathlib.Path) -> None:
-    missing = []
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = path.parent
-    for p in reversed(missing):
-        os.mkdir(p)
-        _fsync_dir(p.parent)
-
-
-@contextlib.contextmanager
-def _locked(path: pathlib.Path):
-    try:
-        import fcntl
-    except ImportError:  # no flock: concurrent saves to one directory are not detected
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(f"save: another save to {str(path)!r} is in progress") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _remove_ours(path: pathlib.Path, name: str) -> None:
     """Removes a jaxce entry of ``path`` by its known names only (never a tree walk)."""
     target = path / name
@@ -309,21 +258,9 @@ def _committed_data(path: pathlib.Path) -> str | None:
         return None
 
 
-def _encode_manifest(body: dict[str, Any]) -> bytes:
-    digest = hashlib.sha256(_canonical(body)).hexdigest()
-    text = json.dumps({**body, "sha256": digest}, indent=1, sort_keys=True, allow_nan=False)
-    return (text + "\n").encode()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
 def _write(path: pathlib.Path, arrays: Mapping[str, np.ndarray], model: dict, user: dict) -> None:
     """The save protocol of the module docstring, for checked float32 ``arrays``."""
-    blobs = {name: _npy_bytes(arrays[name]) for name in ARRAYS}
+    blobs = {name: npy_bytes(arrays[name]) for name in ARRAYS}
     token = secrets.token_hex(16)
     data, tmp = f"jaxce-data-{token}", f"{MANIFEST}.{token}.tmp"
     body = {
@@ -343,28 +280,28 @@ def _write(path: pathlib.Path, arrays: Mapping[str, np.ndarray], model: dict, us
         },
         "user": user,
     }
-    manifest = _encode_manifest(body)
+    manifest = encode_manifest(body)
     if len(manifest) > MAX_MANIFEST_BYTES:
         raise ValueError(
             f"save: `metadata` is too large ({len(manifest)} bytes of JSON with the manifest; "
             f"at most {MAX_MANIFEST_BYTES})"
         )
-    _makedirs(path)
-    with _locked(path):
+    _durable.makedirs(path)
+    with _durable.locked(path):
         _, previous = _contents(path)  # again, under the lock: all of it goes once committed
         _step("locked")
         try:
             os.mkdir(path / data)
             _step("data-dir")
             for name in ARRAYS:
-                _write_file(path / data / f"{name}.npy", blobs[name])
+                _durable.write_file(path / data / f"{name}.npy", blobs[name])
                 _step(f"array:{name}")
-            _fsync_dir(path / data)
-            _fsync_dir(path)
-            _write_file(path / tmp, manifest)
+            _durable.fsync_dir(path / data)
+            _durable.fsync_dir(path)
+            _durable.write_file(path / tmp, manifest)
             _step("manifest-written")
             os.replace(path / tmp, path / MANIFEST)
-            _fsync_dir(path)
+            _durable.fsync_dir(path)
         except BaseException:
             # Unless the commit happened (an interrupt can land just after os.replace),
             # take back what this save wrote; the previous checkpoint was never touched.
@@ -378,7 +315,7 @@ def _write(path: pathlib.Path, arrays: Mapping[str, np.ndarray], model: dict, us
             with contextlib.suppress(OSError):  # a leftover stays for the next save
                 _remove_ours(path, name)
             _step(f"removed:{name}")
-        _fsync_dir(path)
+        _durable.fsync_dir(path)
 
 
 # --- save -----------------------------------------------------------------------------------
