@@ -126,6 +126,9 @@ def _bin_edges(num_bins: int, dtype: Any) -> np.ndarray:
 
 def _split_model(fn: str, model: Any):
     """``(graphdef, params, ensemble?)`` of a SmallNet, an Ensemble or another nnx.Module."""
+    from jaxce._extras import require_nn
+
+    require_nn(fn)
     from flax import nnx
 
     from jaxce.models import Ensemble

@@ -49,6 +49,13 @@ SCRIPT = textwrap.dedent(
     else:
         raise AssertionError("jaxce.models imported without flax")
 
+    try:
+        jaxce.evaluate(object(), x, y)
+    except ImportError as e:
+        assert 'evaluate needs the nn extra' in str(e) and 'pip install "jaxce[nn]"' in str(e), e
+    else:
+        raise AssertionError("jaxce.evaluate ran without flax")
+
     from jaxce.cli import main
     assert main(["demo"]) == 1
     """
