@@ -92,13 +92,15 @@ def resolve(
     hidden: jax.Array,
     kernel: jax.Array,
     vocab_args: dict,
+    class_axis: int = 1,
 ) -> Layout | None:
     """The layout of the fused loss, or None for the plain single-program path.
 
     With ``data_axis`` / ``vocab_axis`` given, the mesh is ``mesh`` or the one set by
     :func:`jax.set_mesh`. Without them, inputs whose types carry an explicit
     sharding (``AxisType.Explicit`` meshes) are laid out as they are sharded.
-    ``vocab_args`` are the per-class arrays (bias, weight) that must follow ``kernel``.
+    ``vocab_args`` are the per-class arrays (bias, weight) that must follow ``kernel``,
+    whose class axis is ``class_axis`` (1 for a ``(D, V)`` kernel, 0 for ``(V, D)``).
     """
     if mesh is not None and not isinstance(mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
         raise TypeError(
@@ -120,14 +122,14 @@ def resolve(
         # Explicit sharding: follow the inputs' own types.
         h_spec = h_spec or (None,) * hidden.ndim
         k_spec = k_spec or (None, None)
-        if h_spec[-1] is not None or k_spec[0] is not None:
+        if h_spec[-1] is not None or k_spec[1 - class_axis] is not None:
             raise ValueError(
                 f"{fn}: sharding the hidden dimension is not supported (`hidden` is sharded "
                 f"as {PartitionSpec(*h_spec)}, `kernel` as {PartitionSpec(*k_spec)}); "
                 "reshard so that only the token axes and the class axis are sharded"
             )
         mesh = jax.typeof(hidden if _spec_of(hidden) is not None else kernel).sharding.mesh
-        layout = Layout(mesh, tuple(h_spec[:-1]), k_spec[1])
+        layout = Layout(mesh, tuple(h_spec[:-1]), k_spec[class_axis])
     else:
         if mesh is None:
             mesh = jax.sharding.get_abstract_mesh()
@@ -165,9 +167,10 @@ def resolve(
                 f"{size} devices of mesh axes {entry!r} it is sharded over"
             )
     vsize = _axis_size(layout.mesh, layout.vocab)
-    if kernel.shape[1] % vsize:
+    if kernel.shape[class_axis] % vsize:
         raise ValueError(
-            f"{fn}: the number of classes ({kernel.shape[1]}, `kernel` axis 1) must be "
+            f"{fn}: the number of classes ({kernel.shape[class_axis]}, `kernel` axis "
+            f"{class_axis}) must be "
             f"divisible by the {vsize} devices of the vocab axis {layout.vocab!r}"
         )
     for name, arr in vocab_args.items():

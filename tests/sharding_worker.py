@@ -35,6 +35,8 @@ CHECKS = [
     "lce-buffer-data-explicit",
     "lce-head-vocab-auto",
     "lce-gspmd-only-2d-auto",
+    "lce-vd-2d-auto",
+    "lce-vd-buffer-2d-explicit",
     "ce-long-rows-vocab-auto",
     "ce-long-rows-2d-auto",
 ]
@@ -154,24 +156,36 @@ def main() -> None:
             refs[reduction] = run(lce_fn(reduction, "recompute", {}), *args)[0]
         return refs[reduction]
 
-    def check_lce(layout, at, reduction="mean", mode="recompute", name_axes=None, blocks=None):
+    def check_lce(
+        layout, at, reduction="mean", mode="recompute", name_axes=None, blocks=None, vd=False
+    ):
+        """``vd``: the kernel is passed as a (V, D) table with ``kernel_layout="vd"``,
+        its class axis (0) sharded over the vocab axis."""
         mesh = meshes(layout, at)
         data, vocab = specs(layout)
         axes = {}
         if at == "auto" and name_axes is not False:
             axes = {"data_axis": data, "vocab_axis": vocab}
+        if vd:
+            axes["kernel_layout"] = "vd"
         with jax.set_mesh(mesh):
+            kernel = jax.device_put(k_np.T, P(vocab, None)) if vd else None
             args = (
                 jax.device_put(h_np, P(data, None, None)),
-                jax.device_put(k_np, P(None, vocab)),
+                kernel if vd else jax.device_put(k_np, P(None, vocab)),
                 jax.device_put(b_np, P(vocab)),
                 jax.device_put(w_np, P(vocab)),
                 jax.device_put(t_np, P(data, None)),
             )
             out, hlo = run(lce_fn(reduction, mode, axes, blocks), *args)
-        compare(out, lce_ref(reduction), 1e-5, 2e-6, "lce")
         dh, dk = out[1][0], out[1][1]
-        if at == "explicit":
+        if vd:
+            assert dk.shape == (V, D), dk.shape
+            if at == "explicit":
+                assert tuple(dk.sharding.spec) == (vocab, None), dk.sharding
+            out = (out[0], (dh, dk.T, *out[1][2:]))
+        compare(out, lce_ref(reduction), 1e-5, 2e-6, "lce")
+        if at == "explicit" and not vd:
             assert tuple(dk.sharding.spec) == (None, vocab), dk.sharding
             assert tuple(dh.sharding.spec)[:1] == (data,), dh.sharding
         bad = bad_collectives(hlo)
@@ -218,6 +232,9 @@ def main() -> None:
     checks["lce-head-vocab-auto"] = (check_lce, ("vocab", "auto"), whole)
     # Without data_axis/vocab_axis under Auto axes: GSPMD alone (values only).
     checks["lce-gspmd-only-2d-auto"] = (check_lce, ("2d", "auto"), {"name_axes": False})
+    # A (V, D) table with kernel_layout="vd": its axis 0 sharded over the vocab axis.
+    checks["lce-vd-2d-auto"] = (check_lce, ("2d", "auto"), {"vd": True})
+    checks["lce-vd-buffer-2d-explicit"] = (check_lce, ("2d", "explicit"), {**whole, "vd": True})
     checks["ce-long-rows-vocab-auto"] = (check_ce_long_rows, ("vocab",), {})
     checks["ce-long-rows-2d-auto"] = (check_ce_long_rows, ("2d",), {})
     assert sorted(checks) == sorted(CHECKS)

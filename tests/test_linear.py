@@ -224,6 +224,120 @@ def test_head_block_matches_materialised(name):
         assert float(jnp.max(jnp.abs(g[1]))) > 0
 
 
+# --------------------------------------------------------------------------- (V, D) kernel
+
+# Every schedule: "recompute" (three reductions), "forward" in token blocks, "forward"
+# with the head block (all 14 tokens with D = 16; the first 5, then blocks, with D = 5),
+# one vocab block ("auto"), and a frozen kernel (the fallback without the head block).
+VD_VARIANTS = (
+    ("mean", dict(grad_mode="recompute", **SMALL)),
+    ("sum", dict(grad_mode="recompute", **SMALL)),
+    ("none", dict(grad_mode="recompute", **SMALL)),
+    ("sum", dict(grad_mode="forward", **SMALL)),
+    ("mean", dict(grad_mode="forward", vocab_block=8)),
+    ("mean", dict(grad_mode="auto")),
+)
+
+
+@pytest.mark.parametrize("d", [D, HEAD_D])
+@pytest.mark.parametrize("name", ["all", "weight-ignore-a-class"])
+def test_vd_kernel_layout_matches_dv_and_materialised(name, d):
+    """``kernel_layout="vd"`` on a ``(V, D)`` table gives the values and gradients of the
+    default layout on its transpose and of the materialised loss; the kernel gradient
+    comes out ``(V, D)``."""
+    combo = COMBOS[name]
+    h = jnp.asarray(H_NP[..., :d], jnp.float32)
+    k = jnp.asarray(K_NP[:d], jnp.float32)
+    b, w, ct = (jnp.asarray(a, jnp.float32) for a in (B_NP, W_NP, CT_NP))
+    t = jnp.asarray(_target(combo), jnp.int32)
+    eps0 = jnp.asarray(0.1, jnp.float32)
+    bias = combo.get("bias", False)
+
+    def loss(layout, red, blocks):
+        def f(h, k, b, w):
+            o = _opts(combo, w, eps0)
+            out = LCE(
+                h, k, t, bias=b if bias else None, reduction=red, kernel_layout=layout,
+                **blocks, **o,
+            )  # fmt: skip
+            return jnp.sum(out * ct) if red == "none" else out
+
+        return f
+
+    def reference(red):
+        def f(h, k, b, w):
+            logits = h @ k + (b if bias else jnp.zeros((), jnp.float32))
+            out = CE(logits, t, reduction=red, **_opts(combo, w, eps0))
+            return jnp.sum(out * ct) if red == "none" else out
+
+        return f
+
+    def run(h, k, b, w):
+        out = []
+        for red, blocks in VD_VARIANTS:
+            vd = jax.value_and_grad(loss("vd", red, blocks), range(4))(h, k.T, b, w)
+            dv = jax.value_and_grad(loss("dv", red, blocks), range(4))(h, k, b, w)
+            ref = jax.value_and_grad(reference(red), range(4))(h, k, b, w)
+            out.append((vd, dv, ref))
+        frozen = dict(grad_mode="forward", vocab_block=8)
+        vd = jax.value_and_grad(loss("vd", "mean", frozen), (0, 2, 3))(h, k.T, b, w)
+        dv = jax.value_and_grad(loss("dv", "mean", frozen), (0, 2, 3))(h, k, b, w)
+        return out, (vd, dv)
+
+    out, frozen = run_fast(run, h, k, b, w)
+    names = ("hidden", "kernel", "bias", "weight")
+    for (red, blocks), ((v, g), (dv_v, dv_g), (rv, rg)) in zip(VD_VARIANTS, out, strict=True):
+        what = f"{red}/{blocks}"
+        assert g[1].shape == (V, d), what
+        np.testing.assert_allclose(v, dv_v, rtol=1e-6, atol=1e-6, err_msg=what)
+        np.testing.assert_allclose(v, rv, rtol=2e-6, atol=2e-6, err_msg=what)
+        g = (g[0], g[1].T, g[2], g[3])
+        for n, a, other, ref in zip(names, g, dv_g, rg, strict=True):
+            scale = float(jnp.max(jnp.abs(ref))) or 1.0
+            tol = dict(rtol=1e-5, atol=2e-6 * scale)
+            np.testing.assert_allclose(a, other, **tol, err_msg=f"d/d{n} {what} vs dv")
+            np.testing.assert_allclose(a, ref, **tol, err_msg=f"d/d{n} {what} vs materialised")
+        assert float(jnp.max(jnp.abs(g[1]))) > 0 and float(jnp.max(jnp.abs(g[0]))) > 0
+    (v, g), (dv_v, dv_g) = frozen
+    np.testing.assert_allclose(v, dv_v, rtol=1e-6, atol=1e-6)
+    for a, other in zip(g, dv_g, strict=True):
+        np.testing.assert_allclose(a, other, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(g[0]))) > 0
+
+
+@pytest.mark.parametrize(
+    "kw, argnums",
+    [
+        (dict(grad_mode="recompute", token_block=16, vocab_block=500), (0, 1)),
+        (dict(grad_mode="forward", vocab_block=500), (0, 1)),
+        (dict(grad_mode="forward", token_block=16, vocab_block=500), (0, 1)),
+        (dict(grad_mode="forward", vocab_block=500), 0),
+    ],
+    ids=["recompute", "forward-head", "forward-token-blocked", "frozen-kernel"],
+)
+def test_vd_kernel_layout_never_transposes_the_table(kw, argnums):
+    """The compiled ``value_and_grad`` of ``kernel_layout="vd"`` holds no transpose or copy
+    of the whole ``(V, D)`` table (nor of its ``(D, V)`` transpose), and no more
+    temporary memory than the default layout on a ``(D, V)`` kernel; passing
+    ``table.T`` to the default layout (what the option replaces) does transpose it."""
+    n, d, v = 64, 32, 4000
+    h = jnp.ones((n, d), jnp.float32)
+    table = jnp.ones((v, d), jnp.float32)
+    t = jnp.zeros((n,), jnp.int32)
+    whole = re.compile(rf"= f32\[({v},{d}|{d},{v})\]\{{[^}}]*\}} (transpose|copy)\(")
+
+    def compiled(f, k):
+        return jax.jit(jax.value_and_grad(f, argnums)).lower(h, k).compile()
+
+    vd = compiled(lambda h, k: LCE(h, k, t, kernel_layout="vd", **kw), table)
+    dv = compiled(lambda h, k: LCE(h, k, t, **kw), table.T)
+    dv_of_table = compiled(lambda h, k: LCE(h, k.T, t, **kw), table)
+    assert not whole.search(vd.as_text())
+    assert whole.search(dv_of_table.as_text())
+    temp = {c: c.memory_analysis().temp_size_in_bytes for c in (vd, dv)}
+    assert temp[vd] <= temp[dv], temp
+
+
 # --------------------------------------------------------------------------- torch
 
 
@@ -642,6 +756,27 @@ MESH = jax.sharding.AbstractMesh((2, 4), ("data", "vocab"))  # 8 devices, never 
         ((X2, K2, T2), {"token_block": 0}, ValueError, ("`token_block`", "0")),
         ((X2, K2, T2), {"vocab_block": 2.5}, TypeError, ("`vocab_block`", "2.5")),
         ((X2, K2, T2), {"grad_mode": "fast"}, ValueError, ("`grad_mode`", "'fast'")),
+        ((X2, K2, T2), {"kernel_layout": "VD"}, ValueError, ("`kernel_layout`", "'VD'")),
+        ((X2, K2, T2), {"kernel_layout": None}, ValueError, ("`kernel_layout`", "None")),
+        (
+            (X2, K2, T2),
+            {"kernel_layout": "vd"},
+            ValueError,
+            ("`kernel`", "(3, 5)", "kernel_layout='vd'", "(V, D)", "kernel.shape[1]"),
+        ),
+        (
+            (X2, K2.T, T2),
+            {},
+            ValueError,
+            ("`kernel`", "(5, 3)", "kernel_layout='dv'", "(D, V)", "kernel_layout='vd'"),
+        ),
+        ((X2, K2.T, T2), {"kernel_layout": "vd", "bias": F4}, ValueError, ("`bias`", "(5,)")),
+        (
+            (X2, K2.T, T2),
+            {"mesh": MESH, "vocab_axis": "vocab", "kernel_layout": "vd"},
+            ValueError,
+            ("number of classes (5", "`kernel` axis 0", "4 devices"),
+        ),
         ((X2, K2, T2), {"grad_mode": "forward", "reduction": "none"}, ValueError, ("'none'",)),
         ((X2, K2, T2), {"reduction": "avg"}, ValueError, ("`reduction`", "'avg'")),
         ((X2, K2, T2), {"label_smoothing": 1.5}, ValueError, ("`label_smoothing`", "1.5")),

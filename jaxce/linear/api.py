@@ -21,6 +21,8 @@ from jaxce.losses import cross_entropy
 
 __all__ = ["linear_cross_entropy"]
 
+KERNEL_LAYOUTS = ("dv", "vd")
+
 
 def _check_block(fn: str, name: str, value: Any) -> int | None:
     if value is None:
@@ -57,6 +59,7 @@ def _check_target_kind(fn: str, target: Any) -> None:
         "vocab_block",
         "grad_mode",
         "layout",
+        "kernel_layout",
         "check",
         "out_dtype",
     ),
@@ -78,11 +81,13 @@ def _linear_impl(
     vocab_block,
     grad_mode,
     layout,
+    kernel_layout,
     check,
     out_dtype,
 ):
     fn = "linear_cross_entropy"
-    num_classes = kernel.shape[1]
+    vd = kernel_layout == "vd"
+    num_classes = kernel.shape[0 if vd else 1]
     if check:
         checking.check_targets(target, num_classes, ignore_index=ignore_index, fn=fn)
     cdt = _checks.compute_dtype(out_dtype)
@@ -91,7 +96,7 @@ def _linear_impl(
 
     if hidden.size == 0 or num_classes == 0 or math.prod(hidden.shape[:-1]) == 0:
         # Nothing to block over: the materialised formulation is as small as its inputs.
-        logits = jnp.matmul(hidden.astype(mdt), kernel.astype(mdt))
+        logits = jnp.matmul(hidden.astype(mdt), (kernel.T if vd else kernel).astype(mdt))
         if bias is not None:
             logits = logits + bias.astype(mdt)
         return cross_entropy(
@@ -121,7 +126,7 @@ def _linear_impl(
     )[0]
     n_local = max(1, math.prod(lead_local))
     per_row = reduction == "none"
-    d = kernel.shape[0]
+    d = kernel.shape[1 if vd else 0]
     plan = functools.partial(
         make_plan, grad_mode, per_row, n_local, v_local, d, token_block, vocab_block
     )
@@ -139,6 +144,7 @@ def _linear_impl(
         mdt=mdt,
         layout=layout,
         split_terms=reduction == "mean" and (smoothing or bool(z_loss)),
+        vd=vd,
         **blocks,
     )
     fallback = None
@@ -177,6 +183,7 @@ def linear_cross_entropy(
     token_block: int | None = None,
     vocab_block: int | None = None,
     grad_mode: str = "auto",
+    kernel_layout: str = "dv",
     data_axis: Any = None,
     vocab_axis: Any = None,
     mesh: Any = None,
@@ -205,8 +212,8 @@ def linear_cross_entropy(
     Args:
       hidden: floating array ``(..., D)`` (e.g. ``(batch, seq, D)``), or ``(D,)``
         for a single position.
-      kernel: floating array ``(D, V)``, the Flax ``nn.Dense`` layout; for tied
-        embeddings ``(V, D)`` pass ``embedding.T``.
+      kernel: floating array ``(D, V)``, the Flax ``nn.Dense`` layout, or ``(V, D)``
+        with ``kernel_layout="vd"`` (a tied embedding table, passed as it is).
       target: integer class indices of shape ``hidden.shape[:-1]``.
       bias: optional floating ``(V,)``.
       weight: optional floating ``(V,)`` class weights.
@@ -240,9 +247,16 @@ def linear_cross_entropy(
         Without a kernel gradient (a frozen ``kernel``) no logits are kept there
         and only the token-block rule counts. A call that is not differentiated
         never computes gradients.
+      kernel_layout: ``"dv"`` (default): ``kernel`` is ``(D, V)``; ``"vd"``: it is
+        ``(V, D)``, e.g. the table of a tied ``nnx.Embed``. With ``"vd"`` the vocab
+        blocks are row slices of the table, the logits product contracts its axis 1
+        and its gradient comes out ``(V, D)``: unlike ``embedding.T`` with ``"dv"``,
+        no copy of the whole table is transposed into or out of the call. Values and
+        gradients are those of ``"dv"`` on ``kernel.T``.
       data_axis: mesh axis name (or tuple of names) over which ``hidden``'s first
         axis (and ``target``'s) is sharded (data parallelism).
-      vocab_axis: mesh axis name (or tuple) over which ``kernel``'s class axis (and
+      vocab_axis: mesh axis name (or tuple) over which ``kernel``'s class axis (axis 1,
+        or 0 with ``kernel_layout="vd"``) (and
         ``bias``, ``weight``) is sharded (vocab parallelism). Each device then only
         ever touches its own slice of the vocabulary; three per-token statistics
         are combined across this axis.
@@ -275,6 +289,13 @@ def linear_cross_entropy(
       Chowdhery et al., "PaLM" (z-loss), 2022; Gemma Team, "Gemma 2" (soft-capping), 2024.
     """
     fn = "linear_cross_entropy"
+    if not isinstance(kernel_layout, str) or kernel_layout not in KERNEL_LAYOUTS:
+        raise ValueError(
+            f"{fn}: `kernel_layout`={kernel_layout!r} is not valid; expected one of "
+            f"{', '.join(repr(m) for m in KERNEL_LAYOUTS)}"
+        )
+    vd = kernel_layout == "vd"
+    shape_name = "(V, D)" if vd else "(D, V)"
     # `floating=True` checks the dtype as passed, before a str or object array reaches JAX.
     hidden = _checks.as_array(fn, "hidden", hidden, floating=True)
     kernel = _checks.as_array(fn, "kernel", kernel, floating=True)
@@ -283,17 +304,22 @@ def linear_cross_entropy(
             f"{fn}: `hidden` must have shape (..., D) with at least one axis, got a 0-d array"
         )
     if kernel.ndim != 2:
+        hint = "" if vd else '; for tied embeddings of shape (V, D) pass kernel_layout="vd"'
         raise ValueError(
-            f"{fn}: `kernel` must be 2-D (D, V), got shape {tuple(kernel.shape)}; for tied "
-            "embeddings of shape (V, D) pass `embedding.T`"
+            f"{fn}: `kernel` must be 2-D {shape_name} (kernel_layout={kernel_layout!r}), got "
+            f"shape {tuple(kernel.shape)}{hint}"
         )
-    if kernel.shape[0] != hidden.shape[-1]:
+    d_axis, class_axis = (1, 0) if vd else (0, 1)
+    if kernel.shape[d_axis] != hidden.shape[-1]:
+        other = "dv" if vd else "vd"
         raise ValueError(
             f"{fn}: `kernel` shape {tuple(kernel.shape)} does not match `hidden` shape "
-            f"{tuple(hidden.shape)}: expected kernel.shape[0] == hidden.shape[-1] "
-            f"({hidden.shape[-1]}); a (V, D) embedding table must be passed as `embedding.T`"
+            f"{tuple(hidden.shape)}: with kernel_layout={kernel_layout!r} the kernel is "
+            f"{shape_name}, expected kernel.shape[{d_axis}] == hidden.shape[-1] "
+            f"({hidden.shape[-1]}); a {'(D, V)' if vd else '(V, D)'} kernel needs "
+            f"kernel_layout={other!r}"
         )
-    num_classes = kernel.shape[1]
+    num_classes = kernel.shape[class_axis]
     _check_target_kind(fn, target)
     target = _checks.as_array(fn, "target", target)
     logits_like = jax.ShapeDtypeStruct(tuple(hidden.shape[:-1]) + (num_classes,), hidden.dtype)
@@ -303,7 +329,7 @@ def linear_cross_entropy(
         if tuple(bias.shape) != (num_classes,):
             raise ValueError(
                 f"{fn}: `bias` must have shape ({num_classes},) (one entry per class, "
-                f"kernel.shape[1]), got {tuple(bias.shape)}"
+                f"kernel.shape[{class_axis}]), got {tuple(bias.shape)}"
             )
     weight = _checks.check_weight(fn, weight, num_classes)
     ignore_index = _checks.check_ignore_index(fn, ignore_index)
@@ -331,6 +357,7 @@ def linear_cross_entropy(
         hidden=hidden,
         kernel=kernel,
         vocab_args={"bias": bias, "weight": weight},
+        class_axis=class_axis,
     )
     out_dtype = _checks.promote_float_dtypes(
         *(a.dtype for a in (hidden, kernel, bias, weight) if a is not None)
@@ -351,6 +378,7 @@ def linear_cross_entropy(
         vocab_block=vocab_block,
         grad_mode=grad_mode,
         layout=layout,
+        kernel_layout=kernel_layout,
         check=checking.enabled(),
         out_dtype=out_dtype,
     )

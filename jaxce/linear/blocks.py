@@ -29,6 +29,21 @@ def add_cols(acc, upd, start):
     return lax.dynamic_update_slice_in_dim(acc, cur + upd, start, axis=acc.ndim - 1)
 
 
+def kernel_block(kernel, start, cfg, size=None):
+    """Vocab block ``[start, start+size)`` of the kernel (or of its gradient): columns of
+    a ``(d, v)`` kernel, rows of a ``(v, d)`` one (``cfg.vd``)."""
+    size = cfg.bv if size is None else size
+    return lax.dynamic_slice_in_dim(kernel, start, size, axis=0 if cfg.vd else 1)
+
+
+def add_kernel_block(acc, upd, start, cfg):
+    """``acc``'s vocab block at ``start`` += ``upd`` (layout as :func:`kernel_block`)."""
+    if not cfg.vd:
+        return add_cols(acc, upd, start)
+    cur = lax.dynamic_slice_in_dim(acc, start, upd.shape[0], axis=0)
+    return lax.dynamic_update_slice_in_dim(acc, cur + upd, start, axis=0)
+
+
 def col_block(j, cfg):
     """``(start, cols, colmask)`` of vocab block ``j``: the last block is moved back to
     end at ``v`` (no padding) and masks the columns an earlier block already covered.
@@ -51,11 +66,11 @@ def masked(colmask, a, fill):
 def matmul(h_b, kernel, start, cfg):
     """``h_b @ kernel[:, start:start+bv]`` in the compute dtype (before bias and softcap,
     which :func:`post` applies where the logits are read, so that only the matmul's
-    output is ever held)."""
-    k = slice_cols(kernel, start, cfg.bv).astype(cfg.mdt)
-    return lax.dot_general(
-        h_b.astype(cfg.mdt), k, (((1,), (0,)), ((), ())), preferred_element_type=cfg.cdt
-    )
+    output is ever held). A ``(v, d)`` kernel (``cfg.vd``) is contracted on its axis 1,
+    never transposed as a whole."""
+    k = kernel_block(kernel, start, cfg).astype(cfg.mdt)
+    dims = (((1,), (1 if cfg.vd else 0,)), ((), ()))
+    return lax.dot_general(h_b.astype(cfg.mdt), k, dims, preferred_element_type=cfg.cdt)
 
 
 def post(raw, b, cfg):

@@ -27,11 +27,11 @@ ROW_KEYS = ("w_t", "t", "valid", "bad", "r") + STATS
 ALL = ARGS + ("r",) + STATS
 
 
-def spec_table(layout: sharding.Layout) -> dict:
-    lead, voc = layout.lead_spec, layout.vocab
+def spec_table(cfg) -> dict:
+    lead, voc = cfg.layout.lead_spec, cfg.layout.vocab
     table = {
         "hidden": P(*lead, None),
-        "kernel": P(None, voc),
+        "kernel": P(voc, None) if cfg.vd else P(None, voc),
         "bias": P(voc),
         "weight": P(voc),
         "total": P(),
@@ -60,7 +60,7 @@ def on_devices(cfg, fn, args: dict, out_specs):
 
     if cfg.layout is None:
         return flat(present)
-    table = spec_table(cfg.layout)
+    table = spec_table(cfg)
     if sharding.is_explicit(cfg.layout):
         # Under explicit axes shard_map takes its inputs as they are typed: lay out
         # the derived arrays (row cotangents, saved statistics) as declared.
@@ -145,7 +145,7 @@ def sweep(cfg, need: Need, args: dict):
 
     if cfg.layout is None:
         return on_devices(cfg, fn, args, None)
-    table = spec_table(cfg.layout)
+    table = spec_table(cfg)
     keys = [k for k in DIFF if getattr(need, NEED_KEY[k])]
     if "weight" in keys and not cfg.smoothing:
         keys.remove("weight")

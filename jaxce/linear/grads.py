@@ -22,10 +22,12 @@ from jax import lax
 from jaxce import rule
 from jaxce.linear.blocks import (
     add_cols,
+    add_kernel_block,
     bias_cols,
     cdt_zero,
     col_block,
     eps_of,
+    kernel_block,
     local_target,
     masked,
     matmul,
@@ -153,7 +155,7 @@ def block_grads(
     hm = jnp.where(ok_b[:, None], h_b, jnp.zeros((), h_b.dtype)).astype(cfg.mdt)
     # XLA:CPU transposes a product's contracted-first operand on every call: once per
     # token block instead of once per vocab block, when the budget allows.
-    hmt = hm.T if need.kernel and cfg.transpose_hidden else None
+    hmt = hm.T if need.kernel and cfg.transpose_hidden and not cfg.vd else None
     dh0 = jnp.zeros((h_b.shape[0], cfg.d), cfg.cdt) if need.hidden else None
 
     def step(j, carry):
@@ -162,7 +164,10 @@ def block_grads(
         if buffered:
             # A shifted last block also reads columns that already hold kernel gradient;
             # they are masked below like every overlap column.
-            raw = lax.dynamic_slice(acc.kernel, (0, start), (h_b.shape[0], cfg.bv))
+            if cfg.vd:
+                raw = lax.dynamic_slice(acc.kernel, (start, 0), (cfg.bv, h_b.shape[0])).T
+            else:
+                raw = lax.dynamic_slice(acc.kernel, (0, start), (h_b.shape[0], cfg.bv))
         elif xs is None:
             raw = matmul(h_b, kernel, start, cfg)
         else:
@@ -179,24 +184,30 @@ def block_grads(
         g = jnp.where(mask, g, zero)
         gm = g.astype(cfg.mdt)
         if need.hidden:
-            k = slice_cols(kernel, start, cfg.bv).astype(cfg.mdt)
+            k = kernel_block(kernel, start, cfg).astype(cfg.mdt)
             if buffered:
                 dh = add_product_by_rows(dh, gm, k, cfg)
             else:
-                dims = (((1,), (1,)), ((), ()))
+                dims = (((1,), (0 if cfg.vd else 1,)), ((), ()))
                 dh = dh + lax.dot_general(gm, k, dims, preferred_element_type=cfg.cdt)
         d_k, d_b, d_w = acc
         if need.kernel:
             dims = (((0,), (0,)), ((), ()))
-            if hmt is None:
+            if cfg.vd:  # gᵀ·h, the (bv, d) block of a (v, d) gradient
+                d_kb = lax.dot_general(gm, hm, dims, preferred_element_type=cfg.cdt)
+            elif hmt is None:
                 d_kb = lax.dot_general(hm, gm, dims, preferred_element_type=cfg.cdt)
             else:
                 d_kb = jnp.matmul(hmt, gm, preferred_element_type=cfg.cdt)
-            if buffered:
+            if buffered and cfg.vd:
+                if colmask is not None:
+                    d_kb = jnp.where(colmask[:, None], d_kb, kernel_block(d_k, start, cfg))
+                d_k = lax.dynamic_update_slice(d_k, d_kb, (start, 0))
+            elif buffered:
                 d_kb = masked(colmask, d_kb, slice_cols(d_k, start, cfg.bv))
                 d_k = lax.dynamic_update_slice(d_k, d_kb, (0, start))
             else:
-                d_k = add_cols(d_k, d_kb, start)
+                d_k = add_kernel_block(d_k, d_kb, start, cfg)
         if need.bias:
             d_b = add_cols(d_b, jnp.sum(g, axis=0), start)
         if need.weight and rg.cw is not None:
@@ -217,7 +228,7 @@ def add_product_by_rows(dh, gm, k, cfg):
     rows = dh.shape[0]
     size = min(rows, cfg.bv)
     chunks = -(-rows // size)
-    dims = (((1,), (1,)), ((), ()))
+    dims = (((1,), (0 if cfg.vd else 1,)), ((), ()))
 
     def chunk(q, dh):
         start, new = shifted_block(q, size, rows)
@@ -237,7 +248,7 @@ def add_product_by_rows(dh, gm, k, cfg):
 def empty_acc(cfg, need):
     cdt = cfg.cdt
     return Acc(
-        jnp.zeros((cfg.d, cfg.v), cdt) if need.kernel else None,
+        jnp.zeros((cfg.v, cfg.d) if cfg.vd else (cfg.d, cfg.v), cdt) if need.kernel else None,
         jnp.zeros((cfg.v,), cdt) if need.bias else None,
         jnp.zeros((cfg.v,), cdt) if need.weight and cfg.smoothing else None,
     )

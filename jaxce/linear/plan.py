@@ -59,6 +59,9 @@ class Cfg(NamedTuple):
     # The kernel-gradient product reads a transposed copy of the token block's hidden
     # states (token_block × d), made once per token block (see `block_grads`).
     transpose_hidden: bool = False
+    # kernel_layout="vd": the kernel (and its gradient) is (v, d); vocab blocks are row
+    # slices, and the head block's logits are held transposed in the gradient's array.
+    vd: bool = False
 
     @property
     def nt(self) -> int:

@@ -80,7 +80,8 @@ def block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False, sink=No
     vocab axis. Returns ``(stats, x)``: ``x`` is the block's matmul output (logits before
     bias and softcap) for every local class: computed at once (``full``, or a single
     vocab block) or, when a ``sink`` array of shape ``(≥ bt, v)`` is given, written
-    block by block into its first ``bt`` rows and returned in it; else None."""
+    block by block into its first ``bt`` rows (its first ``bt`` columns, transposed, of a
+    ``(v, ≥ bt)`` sink under ``cfg.vd``) and returned in it; else None."""
     bt = h_b.shape[0]
     wsh0 = jnp.zeros((bt,), cfg.cdt) if cfg.smoothing else None
     init = (
@@ -105,7 +106,10 @@ def block_stats(h_b, t_b, kernel, bias, weight, cfg, full: bool = False, sink=No
         else:
             raw = xs if cfg.nb == 1 else slice_cols(xs, start, cfg.bv)
         if sink is not None:
-            sink = lax.dynamic_update_slice(sink, raw, (0, start))
+            if cfg.vd:  # a (v, d) array holds the logits transposed
+                sink = lax.dynamic_update_slice(sink, raw.T.astype(sink.dtype), (start, 0))
+            else:
+                sink = lax.dynamic_update_slice(sink, raw, (0, start))
         w_blk = None if weight is None else slice_cols(weight, start, cfg.bv)
         b_blk = bias_cols(bias, start, cfg)
         return update_stats(carry, raw, b_blk, cols, colmask, t_b, w_blk, cfg), sink
