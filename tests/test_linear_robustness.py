@@ -112,7 +112,7 @@ ERROR_CASES = [
            reduction="none"),
     _error("token_block 0", ValueError, "`token_block`", "0", token_block=0),
     _error("vocab_block float", TypeError, "`vocab_block`", "1.5", vocab_block=1.5),
-    _error("kernel (V, D)", ValueError, "`kernel`", "embedding.T", kernel=K.T),
+    _error("kernel (V, D)", ValueError, "`kernel`", "kernel_layout='vd'", kernel=K.T),
 ]
 
 
