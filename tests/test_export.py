@@ -9,10 +9,6 @@ not run the programs: GPU numbers come from ``benchmarks/device_check.sh``.)
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -152,17 +148,9 @@ def test_smallnet_train_step_exports():
 
 @pytest.fixture(scope="module")
 def sharded_results() -> dict:
-    worker = Path(__file__).with_name("export_worker.py")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(worker)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from eight_devices import run_worker
+
+    return run_worker(Path(__file__).with_name("export_worker.py"), timeout=300)
 
 
 @pytest.mark.parametrize(

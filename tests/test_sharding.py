@@ -11,9 +11,6 @@ own test.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,26 +18,13 @@ import pytest
 
 WORKER = Path(__file__).with_name("sharding_worker.py")
 sys.path.insert(0, str(WORKER.parent))
+from eight_devices import run_worker  # noqa: E402
 from sharding_worker import CHECKS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(WORKER.parent.parent),
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(WORKER, timeout=600)
 
 
 @pytest.mark.parametrize("name", CHECKS)
